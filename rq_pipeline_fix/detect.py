@@ -40,7 +40,9 @@ LAST_MEASURED_RQ = Version("3.0.0")
 DEFECTS: tuple[Defect, ...] = (
     Defect("D1", "nested MULTI for jobs without dependencies", SpecifierSet(">=1.9.0,<2.3.0")),
     Defect("D2", "MULTI after commands already buffered in the pipeline", SpecifierSet(">=1.9.0")),
-    Defect("D3", "dependent job into a pipeline already in MULTI or holding commands", SpecifierSet(">=1.9.0")),
+    Defect(
+        "D3", "dependent job into a pipeline already in MULTI or holding commands", SpecifierSet(">=1.9.0")
+    ),
 )
 DEFECTS_BY_ID = {defect.id: defect for defect in DEFECTS}
 
@@ -80,7 +82,7 @@ def _offline_redis() -> Any:
     """A real redis-py client whose connections raise instead of connecting."""
     import redis
 
-    class OfflineConnection(redis.Connection):  # type: ignore[misc]
+    class OfflineConnection(redis.Connection):
         def connect(self, *args: Any, **kwargs: Any) -> None:
             raise ProbeTouchedRedis("the probed code sent a command to Redis")
 
@@ -154,7 +156,9 @@ def check_shape(setup_dependencies: object) -> str | None:
     return None
 
 
-def detect(queue_class: type, setup_dependencies: Callable[..., Any], rq_version: str | None) -> list[Finding]:
+def detect(
+    queue_class: type, setup_dependencies: Callable[..., Any], rq_version: str | None
+) -> list[Finding]:
     """Probe every defect of ``DEFECTS`` in the installed RQ; never raises."""
     try:
         kit: _ProbeKit | None = _ProbeKit(queue_class, setup_dependencies)
@@ -178,5 +182,7 @@ def _finding(defect: Defect, kit: _ProbeKit | None, kit_error: str, rq_version: 
     elif (table is TableVerdict.AFFECTED) == probe:
         reason = f"{seen}, as the version table expects"
     else:
-        reason = f"{seen}, although the version table says rq {rq_version} is {table.value}; trusting the probe"
+        reason = (
+            f"{seen}, although the version table says rq {rq_version} is {table.value}; trusting the probe"
+        )
     return Finding(defect, probe, table, reason)

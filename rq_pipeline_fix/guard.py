@@ -71,7 +71,9 @@ class Guard:
     def __init__(self, patched: frozenset[str]) -> None:
         self.patched = patched
 
-    def __call__(self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def __call__(
+        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         job, pipe = _job_and_pipeline(*args, **kwargs)
         if pipe is None:
             return wrapped(*args, **kwargs)

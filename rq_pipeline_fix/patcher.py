@@ -11,7 +11,7 @@ import logging
 import threading
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from .config import DISABLE_VARIABLE, patching_disabled
 
@@ -56,7 +56,9 @@ class Status:
     def unpatched(self) -> tuple[DefectStatus, ...]:
         """Defects detected (or expected by the version table) but left unpatched."""
         return tuple(
-            d for d in self.defects if not d.patched and (d.detected or (d.detected is None and d.version_table == "affected"))
+            d
+            for d in self.defects
+            if not d.patched and (d.detected or (d.detected is None and d.version_table == "affected"))
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,10 +145,11 @@ def _install() -> Status:
         return _leave_rq_alone(f"left RQ untouched: rq cannot be imported ({exc!r})")
     from .detect import check_shape, detect
 
-    original = Queue.__dict__.get(TARGET)
-    problem = check_shape(original)
-    if problem:
+    found = Queue.__dict__.get(TARGET)
+    problem = check_shape(found)
+    if problem is not None:
         return _leave_rq_alone(f"left RQ untouched: {problem}")
+    original = cast("Callable[..., Any]", found)  # check_shape found a plain function
     if _probed is not original:
         _findings, _probed = detect(Queue, original, _version("rq")), original
     for finding in _findings:

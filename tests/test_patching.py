@@ -1,0 +1,199 @@
+"""apply/revert/status: identity, idempotence, threads, the kill switch and never breaking the host."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import wrapt
+from rq import Queue
+
+import rq_pipeline_fix
+from rq_pipeline_fix import patcher
+from tests.jobs import record
+
+
+def current() -> Any:
+    return Queue.__dict__["setup_dependencies"]
+
+
+@pytest.fixture
+def original() -> Iterator[Any]:
+    """RQ's own function; whatever a test puts on the class, the original is back afterwards."""
+    rq_pipeline_fix.revert()
+    function = current()
+    assert not isinstance(function, wrapt.ObjectProxy)
+    yield function
+    rq_pipeline_fix.revert()
+    Queue.setup_dependencies = function
+    rq_pipeline_fix.apply()
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=False,
+        timeout=60,
+    )
+
+
+def test_apply_wraps_the_original_and_revert_puts_back_the_same_object(original: Any) -> None:
+    rq_pipeline_fix.apply()
+    assert isinstance(current(), wrapt.FunctionWrapper)
+    assert current().__wrapped__ is original
+    rq_pipeline_fix.revert()
+    assert current() is original
+
+
+def test_apply_is_idempotent(original: Any) -> None:
+    rq_pipeline_fix.apply()
+    wrapper = current()
+    rq_pipeline_fix.apply()
+    assert current() is wrapper
+    assert wrapper.__wrapped__ is original
+
+
+def test_concurrent_apply_wraps_once(original: Any) -> None:
+    start = threading.Barrier(16)
+
+    def apply_together() -> None:
+        start.wait()
+        rq_pipeline_fix.apply()
+
+    threads = [threading.Thread(target=apply_together) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert current().__wrapped__ is original
+
+
+def test_revert_twice_is_harmless(original: Any) -> None:
+    rq_pipeline_fix.revert()
+    report = rq_pipeline_fix.revert()
+    assert current() is original and not report.active
+
+
+def test_revert_keeps_a_wrapper_added_on_top_of_ours(original: Any, connection: redis.Redis) -> None:
+    calls = []
+
+    def tracer(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        calls.append(1)
+        return wrapped(*args, **kwargs)
+
+    rq_pipeline_fix.apply()
+    ours = current()
+    Queue.setup_dependencies = wrapt.FunctionWrapper(ours, tracer)  # as a tracing library would
+    report = rq_pipeline_fix.revert()
+    assert current().__wrapped__ is ours
+    assert "another wrapper" in report.note and not report.active
+    pipe = connection.pipeline()
+    Queue("default", connection=connection).enqueue_call(record, args=("a",), pipeline=pipe)
+    pipe.execute()
+    assert calls == [1] and Queue("default", connection=connection).count == 1
+
+
+def test_unexpected_signature_leaves_rq_untouched_and_says_why(
+    original: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def setup_dependencies(self: Any, job: Any, pipeline: Any = None, *, future_flag: bool = False) -> Any:
+        return job
+
+    Queue.setup_dependencies = setup_dependencies
+    with pytest.warns(rq_pipeline_fix.RQPipelineFixWarning, match="future_flag"):
+        report = rq_pipeline_fix.apply()
+    assert current() is setup_dependencies and not report.active
+    assert "future_flag" in report.note
+    assert [r.name for r in caplog.records if "future_flag" in r.getMessage()] == ["rq_pipeline_fix"]
+
+
+def test_probe_that_errors_means_no_patch(original: Any) -> None:
+    def setup_dependencies(self: Any, job: Any, pipeline: Any = None) -> Any:
+        self.connection.ping()  # the probe's offline connection refuses this
+        return job
+
+    Queue.setup_dependencies = setup_dependencies
+    with pytest.warns(rq_pipeline_fix.RQPipelineFixWarning, match="not patched"):
+        report = rq_pipeline_fix.apply()
+    assert current() is setup_dependencies and not report.active
+    assert all(d.detected is None and not d.patched for d in report.defects)
+
+
+def test_import_does_not_import_rq_and_patches_when_rq_arrives() -> None:
+    result = run_python(
+        "import sys, rq_pipeline_fix; assert 'rq' not in sys.modules, 'rq imported early';"
+        "import rq; from rq.queue import Queue;"
+        "print(type(Queue.__dict__['setup_dependencies']).__name__, rq_pipeline_fix.status().active)"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["FunctionWrapper", "True"]
+
+
+def test_import_after_rq_patches_at_once() -> None:
+    result = run_python(
+        "import rq, rq_pipeline_fix; from rq.queue import Queue;"
+        "print(type(Queue.__dict__['setup_dependencies']).__name__)"
+    )
+    assert result.stdout.split() == ["FunctionWrapper"], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "patched", "complaint"),
+    [
+        ("1", False, False),
+        ("true", False, False),
+        ("0", True, False),
+        ("", True, False),
+        ("maybe", False, True),
+    ],
+)
+def test_kill_switch(value: str, patched: bool, complaint: bool) -> None:
+    result = run_python(
+        "import json, rq_pipeline_fix, rq; from rq.queue import Queue; import wrapt;"
+        "print(json.dumps([isinstance(Queue.__dict__['setup_dependencies'], wrapt.FunctionWrapper),"
+        " rq_pipeline_fix.status().note]))",
+        RQ_PIPELINE_FIX_DISABLE=value,
+    )
+    assert result.returncode == 0, result.stderr
+    wrapped, note = json.loads(result.stdout)
+    assert wrapped is patched
+    assert ("RQ_PIPELINE_FIX_DISABLE" in note) is not patched
+    assert ("is not one of" in result.stderr) is complaint
+
+
+def test_rq_missing_import_works_and_status_says_so() -> None:
+    result = run_python(
+        "import sys; sys.modules['rq'] = None;"  # makes `import rq` fail as if not installed
+        "import rq_pipeline_fix; report = rq_pipeline_fix.apply(); print(report.active, '|', report.note)"
+    )
+    assert result.returncode == 0, result.stderr
+    active, note = result.stdout.split("|")
+    assert active.strip() == "False" and "rq cannot be imported" in note
+    assert result.stderr.count("RQPipelineFixWarning") == 1
+
+
+def test_status_is_a_typed_report_that_serialises() -> None:
+    report = rq_pipeline_fix.status()
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["rq_version"] == report.rq_version and data["redis_version"] == report.redis_version
+    assert {d["id"] for d in data["defects"]} >= {"D1", "D2", "D3"}
+    assert set(data["defects"][0]) == {"id", "title", "detected", "version_table", "patched", "reason"}
+
+
+def test_one_warning_per_reason(original: Any, recwarn: pytest.WarningsRecorder) -> None:
+    patcher._warned.clear()
+    Queue.setup_dependencies = 42
+    rq_pipeline_fix.apply()
+    rq_pipeline_fix.apply()
+    assert len([w for w in recwarn if issubclass(w.category, rq_pipeline_fix.RQPipelineFixWarning)]) == 1
