@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -32,16 +33,22 @@ class Defect:
     id: str
     title: str
     affected: SpecifierSet  # RQ releases where the defect was measured
+    method: str = "Queue.setup_dependencies"  # the RQ method that has it, and that we wrap
 
 
 # Every release up to this one was measured; later ones are judged by the probes alone.
 LAST_MEASURED_RQ = Version("3.0.0")
 
+_CHECK = "Dependency.get_jobs_with_met_dependencies"  # enqueue_many's dependency check
+
 DEFECTS: tuple[Defect, ...] = (
     Defect("D1", "nested MULTI for jobs without dependencies", SpecifierSet(">=1.9.0,<2.3.0")),
     Defect("D2", "MULTI after commands already buffered in the pipeline", SpecifierSet(">=1.9.0")),
+    Defect("D3", "dependent job into a pipeline in MULTI or holding commands", SpecifierSet(">=1.9.0")),
+    # enqueue_many takes depends_on from 1.15.0 on (rq.dependency appears then)
+    Defect("D4", "enqueue_many with depends_on into a pipeline in MULTI", SpecifierSet(">=1.15.0"), _CHECK),
     Defect(
-        "D3", "dependent job into a pipeline already in MULTI or holding commands", SpecifierSet(">=1.9.0")
+        "D5", "enqueue_many with depends_on executes the caller's pipeline", SpecifierSet(">=1.15.0"), _CHECK
     ),
 )
 DEFECTS_BY_ID = {defect.id: defect for defect in DEFECTS}
@@ -102,16 +109,56 @@ def _fails_on(run: Callable[[], object]) -> bool:
     return False
 
 
-class _ProbeKit:
-    """The objects every probe needs: an offline client, a queue on it and a job factory."""
+class _RecordingPipeline:
+    """Stands for a caller's pipeline holding one buffered command, where a real pipeline would
+    need a server: it answers reads with nothing and records whether RQ executes it (D5)."""
 
-    def __init__(self, queue_class: type, setup_dependencies: Callable[..., Any]) -> None:
+    explicit_transaction = False
+    watching = False
+    transaction = True
+
+    def __init__(self) -> None:
+        self.command_stack: list[Any] = [(("SET", "rq-pipeline-fix-probe", 1), {})]
+        self.executed = False
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        self.executed = True
+        return []
+
+    def smembers(self, key: str) -> set[bytes]:
+        return set()
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> _RecordingPipeline:
+        return _RecordingPipeline()
+
+    def __enter__(self) -> _RecordingPipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def __getattr__(self, command: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None  # watch, multi, sadd, zadd, hset, ...
+
+
+class _ProbeKit:
+    """What every probe needs: an offline client, a queue on it, a job factory, and RQ's original
+    methods bound as RQ would call them (None where this RQ does not have the method)."""
+
+    def __init__(self, originals: Mapping[str, Callable[..., Any] | None]) -> None:
+        from rq.queue import Queue
+
         self.connection = _offline_redis()
-        self.queue = queue_class("rq-pipeline-fix-probe", connection=self.connection)
-        self.setup_dependencies = setup_dependencies
+        self.queue = Queue("rq-pipeline-fix-probe", connection=self.connection)
+        self.originals = originals
+        self.setup_dependencies = originals["Queue.setup_dependencies"]
+        self.get_jobs_with_met_dependencies = originals.get(_CHECK)
 
     def job(self, depends_on: str | None = None) -> Any:
         return self.queue.create_job("os.getpid", depends_on=depends_on)
+
+    def child(self) -> Any:
+        return self.job(depends_on="rq-pipeline-fix-probe-parent")
 
     def pipeline_in_multi(self) -> Any:
         pipe = self.connection.pipeline()
@@ -123,45 +170,69 @@ class _ProbeKit:
         pipe.set("rq-pipeline-fix-probe", 1)
         return pipe
 
+    def setup(self, job: Any, pipe: Any) -> Any:
+        assert self.setup_dependencies is not None
+        return self.setup_dependencies(self.queue, job, pipeline=pipe)
+
 
 def _probe_d1(kit: _ProbeKit) -> bool:
-    return _fails_on(lambda: kit.setup_dependencies(kit.queue, kit.job(), pipeline=kit.pipeline_in_multi()))
+    return _fails_on(lambda: kit.setup(kit.job(), kit.pipeline_in_multi()))
 
 
 def _probe_d2(kit: _ProbeKit) -> bool:
-    pipe = kit.pipeline_with_buffered_command()
-    return _fails_on(lambda: kit.setup_dependencies(kit.queue, kit.job(), pipeline=pipe))
+    return _fails_on(lambda: kit.setup(kit.job(), kit.pipeline_with_buffered_command()))
 
 
 def _probe_d3(kit: _ProbeKit) -> bool:
-    child = kit.job(depends_on="rq-pipeline-fix-probe-parent")
-    return _fails_on(lambda: kit.setup_dependencies(kit.queue, child, pipeline=kit.pipeline_in_multi()))
+    return _fails_on(lambda: kit.setup(kit.child(), kit.pipeline_in_multi()))
 
 
-PROBES: dict[str, Callable[[_ProbeKit], bool]] = {"D1": _probe_d1, "D2": _probe_d2, "D3": _probe_d3}
+def _probe_d4(kit: _ProbeKit) -> bool:
+    check = kit.get_jobs_with_met_dependencies
+    assert check is not None
+    return _fails_on(lambda: check([kit.child()], pipeline=kit.pipeline_in_multi()))
+
+
+def _probe_d5(kit: _ProbeKit) -> bool:
+    check = kit.get_jobs_with_met_dependencies
+    assert check is not None
+    pipe = _RecordingPipeline()
+    check([kit.child()], pipeline=pipe)
+    return pipe.executed
+
+
+PROBES: dict[str, Callable[[_ProbeKit], bool]] = {
+    "D1": _probe_d1,
+    "D2": _probe_d2,
+    "D3": _probe_d3,
+    "D4": _probe_d4,
+    "D5": _probe_d5,
+}
 
 
 # --- putting both together ----------------------------------------------------------------------
 
-EXPECTED_PARAMETERS = ["self", "job", "pipeline"]
 
-
-def check_shape(setup_dependencies: object) -> str | None:
-    """Why the method cannot be wrapped safely, or None when its shape is the one we know."""
-    if not inspect.isfunction(setup_dependencies):
-        return f"Queue.setup_dependencies is a {type(setup_dependencies).__name__}, not a plain function"
-    names = list(inspect.signature(setup_dependencies).parameters)
-    if names != EXPECTED_PARAMETERS:
-        return f"Queue.setup_dependencies has parameters {names}, expected {EXPECTED_PARAMETERS}"
+def check_shape(label: str, attribute: object, expected: Sequence[str]) -> str | None:
+    """Why ``attribute`` (as found in its class's ``__dict__``) cannot be wrapped safely, or None
+    when it is a plain function or classmethod with the parameters we know."""
+    function = attribute.__func__ if isinstance(attribute, classmethod) else attribute
+    if not inspect.isfunction(function):
+        return f"{label} is a {type(attribute).__name__}, not a plain function"
+    names = list(inspect.signature(function).parameters)
+    if names != list(expected):
+        return f"{label} has parameters {names}, expected {list(expected)}"
     return None
 
 
-def detect(
-    queue_class: type, setup_dependencies: Callable[..., Any], rq_version: str | None
-) -> list[Finding]:
-    """Probe every defect of ``DEFECTS`` in the installed RQ; never raises."""
+def detect(originals: Mapping[str, Callable[..., Any] | None], rq_version: str | None) -> list[Finding]:
+    """Probe every defect of ``DEFECTS`` in the installed RQ; never raises.
+
+    ``originals`` maps "Class.method" to RQ's original, bound as RQ calls it (a plain function
+    for ``Queue.setup_dependencies``), or to None where the installed RQ lacks the method.
+    """
     try:
-        kit: _ProbeKit | None = _ProbeKit(queue_class, setup_dependencies)
+        kit: _ProbeKit | None = _ProbeKit(originals)
         kit_error = ""
     except Exception as exc:
         kit, kit_error = None, f"the probe could not set up: {exc!r}"
@@ -172,6 +243,8 @@ def _finding(defect: Defect, kit: _ProbeKit | None, kit_error: str, rq_version: 
     table = table_verdict(defect, rq_version)
     if kit is None:
         return Finding(defect, None, table, kit_error)
+    if kit.originals.get(defect.method) is None:
+        return Finding(defect, False, table, f"rq {rq_version} has no {defect.method}")
     try:
         probe: bool | None = PROBES[defect.id](kit)
     except Exception as exc:

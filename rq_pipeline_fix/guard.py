@@ -1,18 +1,31 @@
-"""The transaction-aware guard around ``Queue.setup_dependencies``.
+"""The transaction-aware guards: what we wrap in RQ, and what each wrapper does in each state of
+the caller's pipeline.
 
-RQ ends ``setup_dependencies`` by switching the caller's pipeline to MULTI. redis-py refuses that
-when the pipeline is already in MULTI (D1) or already holds buffered commands (D2), and RQ's
-dependency check WATCHes keys, which redis-py refuses after MULTI (D3). The guard looks at the
-pipeline's state first and only steps in where the installed RQ was found to fail; everywhere
-else it calls RQ's own code.
+RQ ends ``Queue.setup_dependencies`` by switching the caller's pipeline to MULTI; redis-py
+refuses that when the pipeline is already in MULTI (D1) or already holds commands (D2), and RQ's
+dependency check WATCHes keys, which redis-py refuses after MULTI (D3). ``enqueue_many`` checks
+dependencies in ``Dependency.get_jobs_with_met_dependencies``, which WATCHes (D4) and runs
+``execute()`` on the caller's pipeline (D5). Each guard looks up the pipeline's state in its
+table and steps in only where the installed RQ was found to fail; everywhere else it calls RQ.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 from . import deps
 from .pipelines import PipelineState, pipeline_state, start_transaction
+
+Action = Callable[..., Any]
+
+
+class Decision(NamedTuple):
+    defect: str | None  # the defect RQ's own code hits in this state; None: RQ is right here
+    action: Action | None  # what the guard does instead; None: call RQ
+
+
+CALL_RQ = Decision(None, None)
 
 
 def _leave_as_is(queue: Any, job: Any, pipe: Any) -> Any:
@@ -24,14 +37,7 @@ def _start_transaction(queue: Any, job: Any, pipe: Any) -> Any:
     return job
 
 
-class Decision(NamedTuple):
-    defect: str | None  # the defect RQ's own code hits in this state; None: RQ is right here
-    action: Callable[[Any, Any, Any], Any] | None  # what the guard does instead; None: call RQ
-
-
-CALL_RQ = Decision(None, None)
-
-# Jobs without dependencies: the table "Required guard" of DEFECTS.md, one row per state.
+# Queue.setup_dependencies(job, pipeline) for a job without dependencies: DEFECTS.md's table.
 WITHOUT_DEPENDENCIES: dict[PipelineState, Decision] = {
     # RQ's multi() is right: the pipeline becomes a transaction.
     PipelineState.FRESH: CALL_RQ,
@@ -45,8 +51,9 @@ WITHOUT_DEPENDENCIES: dict[PipelineState, Decision] = {
     PipelineState.BUFFERED_OUTSIDE_TRANSACTION: Decision("D2", _start_transaction),
 }
 
-# Jobs with dependencies: RQ WATCHes and reads them itself, which works until the pipeline is
-# in MULTI or holds commands; from then on the dependency check runs inside the transaction.
+# Queue.setup_dependencies(job, pipeline) for a job with dependencies: RQ WATCHes and reads them
+# in immediate mode, which works until the pipeline is in MULTI or holds commands; from then on
+# the check runs inside the caller's transaction.
 WITH_DEPENDENCIES: dict[PipelineState, Decision] = {
     PipelineState.FRESH: CALL_RQ,
     PipelineState.WATCHING: CALL_RQ,
@@ -55,33 +62,89 @@ WITH_DEPENDENCIES: dict[PipelineState, Decision] = {
     PipelineState.BUFFERED_OUTSIDE_TRANSACTION: Decision("D3", deps.setup_in_transaction),
 }
 
-
-def decide(job: Any, pipe: Any) -> Decision:
-    table = WITH_DEPENDENCIES if job._dependency_ids else WITHOUT_DEPENDENCIES
-    return table[pipeline_state(pipe)]
+# Dependency.get_jobs_with_met_dependencies(jobs, pipeline), called by enqueue_many. RQ's own
+# pipeline has been executed by then, so it is fresh; any other state is the caller's pipeline,
+# which RQ would WATCH after MULTI (D4) or execute() early, splitting the caller's batch (D5).
+MET_DEPENDENCIES: dict[PipelineState, Decision] = {
+    PipelineState.FRESH: CALL_RQ,
+    PipelineState.WATCHING: Decision("D5", deps.split_in_transaction),
+    PipelineState.MULTI: Decision("D4", deps.split_in_transaction),
+    PipelineState.BUFFERED_IN_TRANSACTION: Decision("D5", deps.split_in_transaction),
+    PipelineState.BUFFERED_OUTSIDE_TRANSACTION: Decision("D5", deps.split_in_transaction),
+}
 
 
 class Guard:
-    """The wrapt wrapper for ``Queue.setup_dependencies(self, job, pipeline=None)``.
+    """A wrapt wrapper: looks up the caller's pipeline state and steps in for patched defects.
 
     ``patched`` holds the ids of the defects to fix; a state whose defect is not in it goes to
     RQ's own code, so the guard is invisible wherever the installed RQ is already right.
     """
 
-    def __init__(self, patched: frozenset[str]) -> None:
+    def __init__(self, target: Target, patched: frozenset[str]) -> None:
+        self.target = target
         self.patched = patched
 
-    def __call__(
-        self, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        job, pipe = _job_and_pipeline(*args, **kwargs)
+    def __call__(self, wrapped: Action, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        subject, pipe = self.target.arguments(*args, **kwargs)
         if pipe is None:
             return wrapped(*args, **kwargs)
-        decision = decide(job, pipe)
+        decision = self.target.decide(subject, pipe)
         if decision.action is None or decision.defect not in self.patched:
             return wrapped(*args, **kwargs)
-        return decision.action(instance, job, pipe)
+        return decision.action(instance, subject, pipe)
 
 
 def _job_and_pipeline(job: Any, pipeline: Any = None) -> tuple[Any, Any]:
     return job, pipeline
+
+
+def _jobs_and_pipeline(jobs: Any, pipeline: Any = None) -> tuple[Any, Any]:
+    return jobs, pipeline
+
+
+def _decide_setup_dependencies(job: Any, pipe: Any) -> Decision:
+    table = WITH_DEPENDENCIES if job._dependency_ids else WITHOUT_DEPENDENCIES
+    return table[pipeline_state(pipe)]
+
+
+def _decide_met_dependencies(jobs: Any, pipe: Any) -> Decision:
+    return MET_DEPENDENCIES[pipeline_state(pipe)]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One method of RQ that we wrap, the parameters we expect it to have, and its table."""
+
+    module: str
+    owner: str
+    name: str
+    parameters: tuple[str, ...]
+    defects: tuple[str, ...]
+    arguments: Callable[..., tuple[Any, Any]]  # (subject, pipeline) from the call's arguments
+    decide: Callable[[Any, Any], Decision]
+
+    @property
+    def label(self) -> str:
+        return f"{self.owner}.{self.name}"
+
+
+SETUP_DEPENDENCIES = Target(
+    "rq.queue",
+    "Queue",
+    "setup_dependencies",
+    ("self", "job", "pipeline"),
+    ("D1", "D2", "D3"),
+    _job_and_pipeline,
+    _decide_setup_dependencies,
+)
+GET_JOBS_WITH_MET_DEPENDENCIES = Target(
+    "rq.dependency",  # only in releases whose enqueue_many takes depends_on (1.15 on)
+    "Dependency",
+    "get_jobs_with_met_dependencies",
+    ("cls", "jobs", "pipeline"),
+    ("D4", "D5"),
+    _jobs_and_pipeline,
+    _decide_met_dependencies,
+)
+TARGETS = (SETUP_DEPENDENCIES, GET_JOBS_WITH_MET_DEPENDENCIES)

@@ -11,13 +11,11 @@ import logging
 import threading
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, cast
+from typing import Any
 
 from .config import DISABLE_VARIABLE, patching_disabled
 
 log = logging.getLogger("rq_pipeline_fix")
-
-TARGET = "setup_dependencies"
 
 
 class RQPipelineFixWarning(RuntimeWarning):
@@ -75,28 +73,54 @@ def _version(distribution: str) -> str | None:
 
 
 class _Installed:
-    """Our wrapper on the class, the exact function object it replaced, and its on/off switch."""
+    """Our wrapper on one RQ method, the exact object it replaced, and its on/off switch."""
 
-    def __init__(self, owner: type, original: Callable[..., Any], patched: frozenset[str]) -> None:
+    def __init__(self, target: Any, owner: type, original: Any, patched: frozenset[str]) -> None:
         import wrapt
 
         from .guard import Guard
 
+        self.target = target
         self.owner = owner
         self.original = original
         self.patched = patched
         self.enabled = True
-        self.wrapper = wrapt.FunctionWrapper(original, Guard(patched), enabled=self.is_enabled)
-        setattr(owner, TARGET, self.wrapper)
+        self.wrapper = wrapt.FunctionWrapper(original, Guard(target, patched), enabled=self.is_enabled)
+        setattr(owner, target.name, self.wrapper)
 
     def is_enabled(self) -> bool:
         return self.enabled
 
+    def uninstall(self) -> str | None:
+        """Put the original back if ours is still the class attribute, else switch ours off.
+        Returns what the caller should be told when it could not simply put it back."""
+        self.enabled = False
+        current = self.owner.__dict__.get(self.target.name)
+        if current is self.wrapper:
+            setattr(self.owner, self.target.name, self.original)
+            return None
+        if _wraps(current, self.wrapper):
+            return (
+                f"{self.target.label}: switched the guard off in place, because another wrapper "
+                f"({type(current).__name__}) sits on top of it and was left working"
+            )
+        return f"{self.target.label}: left as it is, it had already been replaced by someone else"
+
+
+def _wraps(outer: object, inner: object) -> bool:
+    for _ in range(100):  # a bounded walk down the __wrapped__ chain
+        if outer is None:
+            return False
+        if outer is inner:
+            return True
+        outer = getattr(outer, "__wrapped__", None)
+    return False
+
 
 _lock = threading.RLock()
-_installed: _Installed | None = None
-_findings: list[Any] = []  # detect.Finding, probed once per original function
-_probed: Callable[..., Any] | None = None
+_installed: list[_Installed] = []
+_findings: list[Any] = []  # detect.Finding, probed once per set of original methods
+_probed: tuple[object, ...] = ()
 _note = "not applied yet: rq.queue has not been imported"
 _warned: set[str] = set()
 
@@ -117,7 +141,7 @@ def _leave_rq_alone(reason: str) -> Status:
 
 
 def apply() -> Status:
-    """Put the guard on ``Queue.setup_dependencies`` for the defects the installed RQ has.
+    """Put the guards on RQ for the defects the installed RQ has.
 
     Imports ``rq.queue``. Safe to call any number of times, from any thread; never raises.
     """
@@ -130,93 +154,98 @@ def apply() -> Status:
             if disabled:
                 _note = f"disabled by {DISABLE_VARIABLE}"
                 return status()
-            if _installed is not None and _installed.enabled:
+            if _installed:
                 return status()
             return _install()
         except Exception as exc:  # the host must never break because of us
             return _leave_rq_alone(f"left RQ untouched: unexpected error while patching: {exc!r}")
 
 
-def _install() -> Status:
-    global _installed, _findings, _probed, _note
+def _find(target: Any) -> tuple[type, Any] | None:
+    """The class that defines ``target`` and the attribute in its ``__dict__``, if this RQ has it."""
+    import importlib
+
     try:
-        from rq.queue import Queue
+        module = importlib.import_module(target.module)
+    except ImportError:
+        return None
+    owner = getattr(module, target.owner, None)
+    if not isinstance(owner, type) or target.name not in owner.__dict__:
+        return None
+    return owner, owner.__dict__[target.name]
+
+
+def _install() -> Status:
+    global _findings, _probed, _note
+    try:
+        import rq.queue  # noqa: F401
     except Exception as exc:
         return _leave_rq_alone(f"left RQ untouched: rq cannot be imported ({exc!r})")
     from .detect import check_shape, detect
+    from .guard import SETUP_DEPENDENCIES, TARGETS
 
-    found = Queue.__dict__.get(TARGET)
-    problem = check_shape(found)
-    if problem is not None:
-        return _leave_rq_alone(f"left RQ untouched: {problem}")
-    original = cast("Callable[..., Any]", found)  # check_shape found a plain function
-    if _probed is not original:
-        _findings, _probed = detect(Queue, original, _version("rq")), original
+    found = {target: _find(target) for target in TARGETS}
+    usable: dict[Any, tuple[type, Any]] = {}
+    for target, place in found.items():
+        problem = check_shape(target.label, place[1] if place else None, target.parameters)
+        if place is not None and problem is None:
+            usable[target] = place
+        elif target is SETUP_DEPENDENCIES:
+            return _leave_rq_alone(f"left RQ untouched: {problem}")
+        elif place is not None:
+            _say_once(f"{', '.join(target.defects)} not patched: {problem}")
+    originals = tuple(attribute for _owner, attribute in usable.values())
+    if _probed != originals:
+        bound = {t.label: attribute.__get__(None, owner) for t, (owner, attribute) in usable.items()}
+        _findings, _probed = detect(bound, _version("rq")), originals
     for finding in _findings:
         if finding.probe is None:
             _say_once(f"{finding.defect.id} not patched: {finding.reason}")
-    patched = frozenset(finding.defect.id for finding in _findings if finding.probe)
-    if not patched:
-        _note = "nothing to do: the installed RQ has none of the defects the guard fixes"
+    detected = frozenset(finding.defect.id for finding in _findings if finding.probe)
+    for target, (owner, attribute) in usable.items():
+        patched = detected & frozenset(target.defects)
+        if patched:
+            _installed.append(_Installed(target, owner, attribute, patched))
+    if not _installed:
+        _note = "nothing to do: the installed RQ has none of the defects the guards fix"
         return status()
-    _installed = _Installed(Queue, original, patched)
-    _note = f"guard on rq.queue.Queue.{TARGET} for {', '.join(sorted(patched))}"
+    _note = "; ".join(f"guard on {i.target.label} for {', '.join(sorted(i.patched))}" for i in _installed)
     log.debug(_note)
     return status()
 
 
 def revert() -> Status:
-    """Take the guard off: put back the exact original function object.
+    """Take the guards off: put back the exact original objects.
 
     If another wrapper was put on top of ours since (as tracing tools do), theirs is kept
     working: ours is switched off in place and the status says so. Never raises.
     """
-    global _installed, _note
+    global _note
     with _lock:
-        installed = _installed
-        if installed is None:
+        if not _installed:
             return status()
-        try:
-            current = installed.owner.__dict__.get(TARGET)
-            if current is installed.wrapper:
-                setattr(installed.owner, TARGET, installed.original)
-                _note = "reverted: the original Queue.setup_dependencies is back"
-            elif _wraps(current, installed.wrapper):
-                _note = (
-                    f"reverted by switching the guard off: another wrapper ({type(current).__name__}) "
-                    "sits on top of it and was left in place"
-                )
-                _say_once(_note)
-            else:
-                _note = "reverted: Queue.setup_dependencies had already been replaced by someone else"
-                _say_once(_note)
-            installed.enabled = False
-            _installed = None
-        except Exception as exc:
-            installed.enabled = False
-            _installed = None
-            _note = f"reverted by switching the guard off after an error: {exc!r}"
-            _say_once(_note)
+        complaints = []
+        for installed in _installed:
+            try:
+                complaint = installed.uninstall()
+            except Exception as exc:
+                complaint = f"{installed.target.label}: switched the guard off after an error: {exc!r}"
+            if complaint:
+                complaints.append(complaint)
+                _say_once(complaint)
+        _installed.clear()
+        _note = "reverted: " + ("; ".join(complaints) if complaints else "RQ's own methods are back")
         return status()
-
-
-def _wraps(outer: object, inner: object) -> bool:
-    seen = 0
-    while outer is not None and seen < 100:  # a bounded walk down the __wrapped__ chain
-        if outer is inner:
-            return True
-        outer, seen = getattr(outer, "__wrapped__", None), seen + 1
-    return False
 
 
 def status() -> Status:
     """A report of the versions, each defect, and what was patched. Does not import rq."""
     with _lock:
-        patched = _installed.patched if _installed is not None else frozenset()
+        patched = frozenset().union(*(installed.patched for installed in _installed))
         return Status(
             rq_version=_version("rq"),
             redis_version=_version("redis"),
-            active=_installed is not None,
+            active=bool(_installed),
             note=_note,
             defects=tuple(
                 DefectStatus(
