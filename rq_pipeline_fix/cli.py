@@ -1,0 +1,65 @@
+"""``rq-pipeline-fix`` / ``python -m rq_pipeline_fix``: see what the package does, and show it working.
+
+    status [--json]   versions, each defect: present, patched, why. Exit 0 when RQ is correct or
+                      fully patched, 1 when a defect is left unpatched (or nothing could be probed).
+                      The --json schema is documented in rq_pipeline_fix/report.py.
+    demo              the scenario of RQ issue #2211 against $REDIS_URL, else a redis-server
+                      started for the demo: fails without the guard, lands with it. Exit 0: it did.
+    run -- CMD ...    run CMD with the guard armed in every Python it starts (= rq-pipeline-fix-run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_UNPATCHED = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rq-pipeline-fix",
+        description="Lets any mix of RQ enqueues share one atomic redis-py pipeline.",
+        epilog="Exit status of `status`: 0 RQ correct or fully patched, 1 a defect is left unpatched.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    status = commands.add_parser("status", help="versions and each defect: present, patched, why")
+    status.add_argument(
+        "--json", action="store_true", help="print one JSON object (schema: rq_pipeline_fix/report.py)"
+    )
+    commands.add_parser("demo", help="the seed scenario for real: fails without the guard, lands with it")
+    run = commands.add_parser("run", help="run CMD with the guard armed in every Python it starts")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    if arguments.command == "status":
+        return status_command(as_json=arguments.json)
+    if arguments.command == "demo":
+        from . import demo  # imports rq: only for this command
+
+        return demo.run()
+    from .runner import exec_with_bootstrap
+
+    return exec_with_bootstrap(arguments.cmd)
+
+
+def status_command(as_json: bool) -> int:
+    from . import report
+
+    status = report.observed_status()
+    if as_json:
+        print(json.dumps(report.to_json(status), indent=2))
+    else:
+        print(report.table(status))
+    return EXIT_OK if report.is_ok(status) else EXIT_UNPATCHED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

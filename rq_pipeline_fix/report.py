@@ -1,0 +1,138 @@
+"""What rq-pipeline-fix does to the installed RQ, in words: for ``rq-pipeline-fix status`` and the
+pytest header.
+
+``rq-pipeline-fix status --json`` prints one object (``schema`` is bumped on any incompatible
+change; keys may be added)::
+
+    {
+      "schema": 1,
+      "ok": true,                 # exit status 0 exactly when true: the defects were probed and
+                                  # none detected (or expected) is left unpatched
+      "disabled": false,          # RQ_PIPELINE_FIX_DISABLE is set: nothing patched here (the defects are
+                                  # probed in a child interpreter, so "unpatched" lists what is left broken)
+      "rq_version": "3.0.0",      # null when rq is not installed
+      "redis_version": "8.1.0",   # redis-py; null when not installed
+      "active": true,             # the guard is in place and enabled in this process
+      "note": "guard on rq.queue.Queue.setup_dependencies for D2, D3",
+      "unpatched": [],            # ids of defects detected (or expected by the version table) but not patched
+      "defects": [
+        {
+          "id": "D2",                         # as in DEFECTS.md
+          "title": "MULTI after commands already buffered in the pipeline",
+          "detected": true,                   # what the behaviour probe saw; null: it could not tell
+          "version_table": "affected",        # "affected" | "unaffected" | "unknown" (newer than measured)
+          "patched": true,
+          "reason": "the probe reproduced it, as the version table expects"
+        }
+      ]
+    }
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from . import patcher
+from .config import DISABLE_VARIABLE, patching_disabled
+from .patcher import DefectStatus, Status
+
+SCHEMA_VERSION = 1
+
+
+def observed_status(probe_when_disabled: bool = True) -> Status:
+    """What importing the package does to the installed RQ, as this process now has it.
+
+    Applies the guard, unless the kill switch is set: then this process leaves RQ untouched (it
+    does not even import rq) and, with ``probe_when_disabled``, the defects are probed by a child
+    interpreter without the switch, so the report still says what the switch leaves broken.
+    """
+    if patching_disabled()[0]:
+        status = patcher.apply()  # only records "disabled by ..."; imports nothing
+        return _probed_elsewhere(status) if probe_when_disabled else status
+    # Import rq.queue first so that the import hook applies the guard and apply() below only
+    # reports: apply() importing rq.queue itself would run the hook inside apply().
+    with contextlib.suppress(Exception):  # apply() says why rq is unusable
+        importlib.import_module("rq.queue")
+    return patcher.apply()
+
+
+def _probed_elsewhere(status: Status) -> Status:
+    """``status`` with the defects a fresh interpreter without the kill switch finds, all marked
+    unpatched. Only the public API is used, and only the child's RQ is ever touched."""
+    environment = {key: value for key, value in os.environ.items() if key != DISABLE_VARIABLE}
+    code = "import json, rq_pipeline_fix.report as r; print(json.dumps(r.to_json(r.observed_status())))"
+    try:  # the child's RQ gets patched and dies with it
+        command = [sys.executable, "-c", code]
+        child = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+        found = json.loads(child.stdout)["defects"]
+        defects = tuple(DefectStatus(**{**defect, "patched": False}) for defect in found)
+    except Exception as exc:
+        return dataclasses.replace(status, note=f"{status.note}; the defects could not be probed: {exc!r}")
+    return dataclasses.replace(status, defects=defects)
+
+
+def is_ok(status: Status) -> bool:
+    """RQ is correct or fully patched. False also when nothing could be probed (rq not importable,
+    or a ``setup_dependencies`` of a shape we do not know): then we cannot say RQ is fine."""
+    return bool(status.defects) and not status.unpatched
+
+
+def is_disabled(status: Status) -> bool:
+    return patching_disabled()[0] and not status.active
+
+
+def header_line(status: Status) -> str:
+    """One line: the RQ version and what was patched (pytest's report header)."""
+    versions = f"rq {status.rq_version or 'missing'}, redis-py {status.redis_version or 'missing'}"
+    if is_disabled(status):
+        return f"rq-pipeline-fix: {versions}; off ({DISABLE_VARIABLE} is set), RQ untouched"
+    patched = [d.id for d in status.defects if d.patched]
+    parts = [f"guard on for {', '.join(patched)}" if status.active and patched else status.note]
+    if status.unpatched:
+        unpatched = ", ".join(d.id for d in status.unpatched)
+        parts.append(f"NOT patched: {unpatched} (see `rq-pipeline-fix status`)")
+    return f"rq-pipeline-fix: {versions}; {'; '.join(parts)}"
+
+
+def to_json(status: Status) -> dict[str, Any]:
+    """The ``status --json`` object documented in this module's docstring."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "ok": is_ok(status),
+        "disabled": is_disabled(status),
+        **{key: value for key, value in status.to_dict().items() if key != "defects"},
+        "unpatched": [d.id for d in status.unpatched],
+        "defects": [dataclasses.asdict(d) for d in status.defects],
+    }
+
+
+def table(status: Status) -> str:
+    """The readable form of ``status``: versions, the guard, one row per defect, a verdict."""
+    rows = [("defect", "present", "patched", "title", "why")]
+    for d in status.defects:
+        present = {True: "yes", False: "no", None: f"unknown ({d.version_table})"}[d.detected]
+        patched = "yes" if d.patched else ("-" if d.detected is False else "no")
+        rows.append((d.id, present, patched, d.title, d.reason))
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    lines = [
+        f"rq {status.rq_version or 'not installed'} · redis-py {status.redis_version or 'not installed'}",
+        f"guard: {'on' if status.active else 'off'} ({status.note})",
+        "",
+    ]
+    lines += ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[4]]) for row in rows]
+    lines.append("")
+    if status.unpatched:
+        lines.append(f"NOT OK: left unpatched: {', '.join(d.id for d in status.unpatched)}")
+    elif not status.defects:
+        lines.append("NOT OK: the defects could not be probed (see the note above)")
+    else:
+        verdict = "every defect present in this RQ is patched" if status.active else "RQ needs no guard"
+        lines.append(f"OK: {verdict}")
+    return "\n".join(lines)
