@@ -86,3 +86,31 @@ def job_keys(client: redis.Redis) -> list[bytes]:
 
 def detected(defect_id: str) -> bool:
     return any(d.id == defect_id and d.detected for d in rq_pipeline_fix.status().defects)
+
+
+# --- subprocesses: the console scripts, the runner, the demo --------------------------------------
+
+
+def venv_bin() -> str:
+    """The running venv's bin folder: the tests run without activating the venv."""
+    import sys  # imported here: this block is appended, the imports above are not ours to change
+
+    return os.path.dirname(sys.executable)
+
+
+def console_script(name: str) -> str:
+    """A console script of the running venv, by path."""
+    return os.path.join(venv_bin(), name)
+
+
+def child_environment(**changes: str | None) -> dict[str, str]:
+    """``os.environ`` for a subprocess: this venv's bin first on PATH (so ``rq`` and ``python``
+    resolve to it), the kill switch unset, then ``changes`` applied (None unsets a variable)."""
+    environment = dict(os.environ, PATH=os.pathsep.join([venv_bin(), os.environ.get("PATH", "")]))
+    environment.pop("RQ_PIPELINE_FIX_DISABLE", None)
+    for name, value in changes.items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
+    return environment
