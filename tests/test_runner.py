@@ -17,6 +17,7 @@ from tests.jobs import enqueue_children_after_a_command
 
 REPOSITORY = str(Path(__file__).resolve().parent.parent)  # rq worker imports tests.jobs from its cwd
 CHILD_QUEUES = ["high", "low"]
+TIMEOUT = 120  # seconds: only a safety net against a hung subprocess, never asserted on
 USER_SITECUSTOMIZE = """\
 import os, sys
 with open(os.environ["MARKER"], "a") as marker:
@@ -33,9 +34,8 @@ def user_sitecustomize(tmp_path: Path, source: str = USER_SITECUSTOMIZE) -> Path
 
 
 def run(command: list[str], **environment: str | None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command, cwd=REPOSITORY, env=child_environment(**environment), capture_output=True, text=True, timeout=120
-    )
+    env = child_environment(**environment)
+    return subprocess.run(command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
 def run_worker(redis_url: str, tmp_path: Path, **environment: str | None) -> subprocess.CompletedProcess[str]:
