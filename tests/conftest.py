@@ -114,3 +114,41 @@ def child_environment(**changes: str | None) -> dict[str, str]:
         else:
             environment[name] = value
     return environment
+
+
+# --- matrix results: one JSON per run for tools/compat_table.py ---------------------------------
+# Written only when RQ_PIPELINE_FIX_RESULTS_DIR is set (tox.ini sets it), as <dir>/<env>.json with
+# the env name (TOX_ENV_NAME, else "local"), the Python, RQ and redis-py versions,
+# rq_pipeline_fix.status().to_dict() and the outcome counts pytest printed.
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    directory = os.environ.get("RQ_PIPELINE_FIX_RESULTS_DIR")
+    if not directory:
+        return
+    import json
+    import platform
+    from importlib import metadata
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    stats = getattr(reporter, "stats", {})
+    counted = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "deselected")
+    counts = {outcome: len(stats[outcome]) for outcome in counted if stats.get(outcome)}
+    versions: dict[str, str | None] = {}
+    for distribution in ("rq", "redis", "fakeredis", "pytest"):
+        try:
+            versions[distribution] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            versions[distribution] = None
+    env_name = os.environ.get("TOX_ENV_NAME", "local")
+    result = {
+        "env": env_name,
+        "python": platform.python_version(),
+        "versions": versions,
+        "status": rq_pipeline_fix.status().to_dict(),
+        "outcomes": counts,
+        "exitstatus": int(exitstatus),
+    }
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f"{env_name}.json"), "w", encoding="utf-8") as out:
+        json.dump(result, out, indent=2, sort_keys=True)
