@@ -1,14 +1,42 @@
 """rq-pipeline-fix: any mix of RQ enqueues can share one atomic redis-py pipeline.
 
-Importing the package puts the guard on ``rq.queue.Queue.setup_dependencies`` as soon as
-``rq.queue`` is imported (at once if it already is), for the defects the installed RQ has.
-``RQ_PIPELINE_FIX_DISABLE=1`` leaves RQ untouched.
+Importing the package puts the guards on RQ as soon as ``rq.queue`` is imported (at once if it
+already is), for the defects the installed RQ has. ``RQ_PIPELINE_FIX_DISABLE=1`` leaves RQ
+untouched. The import itself is nearly free: the rest of the package loads when rq does, or on
+first use of the API below.
 """
 
-from .patcher import DefectStatus, RQPipelineFixWarning, Status, apply, revert, status
+from __future__ import annotations
+
+from .importhook import when_imported
+
+TYPE_CHECKING = False  # not typing's: importing typing would double the cost of importing us
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .patcher import DefectStatus, RQPipelineFixWarning, Status, apply, revert, status
 
 __all__ = ["DefectStatus", "RQPipelineFixWarning", "Status", "apply", "revert", "status"]
 
-from .patcher import activate_when_rq_is_imported as _activate
 
-_activate()
+def __getattr__(name: str) -> Any:  # PEP 562: load the API on first use
+    if name in __all__:
+        from . import patcher
+
+        return getattr(patcher, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _apply_when_rq_is_imported(module: object) -> None:
+    try:
+        from .patcher import apply_from_hook
+
+        apply_from_hook()
+    except Exception:  # an exception here would fail the host's own `import rq`
+        pass  # apply_from_hook reports its own failures; this only guards importing it
+
+
+try:  # noqa: SIM105  (contextlib.suppress would mean importing contextlib at start-up)
+    when_imported("rq.queue", _apply_when_rq_is_imported)
+except Exception:  # never break the host's start-up
+    pass

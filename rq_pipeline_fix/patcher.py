@@ -261,18 +261,9 @@ def status() -> Status:
         )
 
 
-def activate_when_rq_is_imported() -> None:
-    """Apply now if ``rq.queue`` is imported, else as soon as it is; never imports rq itself."""
-    try:
-        import wrapt
-
-        wrapt.register_post_import_hook(_apply_from_hook, "rq.queue")
-    except Exception as exc:
-        _leave_rq_alone(f"left RQ untouched: could not register the import hook ({exc!r})")
-
-
-def _apply_from_hook(module: object) -> None:
+def apply_from_hook() -> None:
+    """``apply()`` for the import hook, which must never raise into the host's ``import rq``."""
     try:
         apply()
-    except Exception as exc:  # an exception here would fail the host's own `import rq`
+    except Exception as exc:
         _leave_rq_alone(f"left RQ untouched: {exc!r}")
