@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
+from redis.client import Pipeline  # fakeredis pipelines subclass it; ClusterPipeline does not
+
 from . import deps
 from .pipelines import PipelineState, pipeline_state, start_transaction
 
@@ -87,7 +89,7 @@ class Guard:
 
     def __call__(self, wrapped: Action, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         subject, pipe = self.target.arguments(*args, **kwargs)
-        if pipe is None:
+        if not isinstance(pipe, Pipeline):  # None, or not a redis-py pipeline: RQ's own behaviour
             return wrapped(*args, **kwargs)
         decision = self.target.decide(subject, pipe)
         if decision.action is None or decision.defect not in self.patched:
