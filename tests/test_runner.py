@@ -51,6 +51,9 @@ def run_worker(redis_url: str, tmp_path: Path, **environment: str | None) -> sub
 
 
 def error_of(job: Job) -> str:
+    """The job's traceback: from its latest Result (RQ >= 1.12), else ``exc_info`` (older RQ)."""
+    if not hasattr(job, "latest_result"):
+        return job.exc_info or ""
     result = job.latest_result()
     return (result.exc_string if result is not None else None) or ""
 
