@@ -59,7 +59,7 @@ def write_inner_test(pytester: pytest.Pytester, guarded: bool) -> None:
     pytester.makepyfile(test_inner=INNER_TEST.format(guarded=guarded))
 
 
-def landed(connection: redis.Redis) -> tuple[int, int, bytes | None]:
+def landed(connection: redis.Redis) -> tuple[int, int, object]:
     high, low = (Queue(name, connection=connection) for name in ("high", "low"))
     return high.count, low.count, connection.get("plugin-calls")
 
