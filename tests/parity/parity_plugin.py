@@ -1,0 +1,147 @@
+"""pytest plugin for one run of RQ's own tests, loaded by run_upstream.py with ``-p parity_plugin``.
+
+Environment (set by the runner):
+  RQ_PARITY_MODE        "guard": rq-pipeline-fix is imported and must be active;
+                        "bare": it must be absent: never imported, and no wrapt wrapper anywhere in rq.
+  RQ_PARITY_REDIS_PORT  the port of the runner's redis-server. RQ's tests connect with ``Redis()``,
+                        i.e. localhost:6379; the default port of redis-py's ``Redis`` and
+                        ``Connection`` is changed to this one, so they never touch a server on 6379.
+  RQ_PARITY_REPORT      where to write the JSON report: the outcome of every test id, the versions,
+                        the guard's status, and whether the mode was verified.
+
+Not a conftest and not named test_*: the project's own test run never collects or loads it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+import pytest
+
+MODE = os.environ.get("RQ_PARITY_MODE", "")
+_outcomes: dict[str, str] = {}
+_messages: dict[str, str] = {}  # test id -> the error of its first failure
+_problems: list[str] = []
+_status: dict[str, Any] | None = None
+
+
+def point_redis_defaults_at(port: int) -> None:
+    """Make ``port`` the default port of ``redis.Redis`` and ``redis.connection.Connection``."""
+    import redis
+    import redis.connection
+
+    for function in (redis.Redis.__init__, redis.connection.Connection.__init__):
+        target = inspect.unwrap(function)  # redis-py decorates __init__ in some releases
+        changed = False
+        positional = [
+            p
+            for p in inspect.signature(target).parameters.values()
+            if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        ]
+        defaults = list(target.__defaults__ or ())
+        with_defaults = [p.name for p in positional[len(positional) - len(defaults) :]]
+        if "port" in with_defaults:
+            defaults[with_defaults.index("port")] = port
+            target.__defaults__ = tuple(defaults)
+            changed = True
+        if target.__kwdefaults__ and "port" in target.__kwdefaults__:
+            target.__kwdefaults__ = {**target.__kwdefaults__, "port": port}
+            changed = True
+        if not changed:
+            raise pytest.UsageError(f"parity: cannot find the default port of {target.__qualname__}")
+    actual = redis.Redis().connection_pool.connection_kwargs.get("port")
+    if actual != port:
+        raise pytest.UsageError(f"parity: Redis() still connects to port {actual}, not {port}")
+
+
+def wrapt_wrappers_in_rq() -> list[str]:
+    """Every attribute of a class in a loaded rq module that is a wrapt proxy."""
+    found = []
+    for name, module in list(sys.modules.items()):
+        if not (name == "rq" or name.startswith("rq.")) or module is None:
+            continue
+        for cls in list(vars(module).values()):
+            if not inspect.isclass(cls) or cls.__module__ != name:
+                continue
+            for attribute, value in vars(cls).items():
+                if type(value).__module__.startswith("wrapt"):
+                    found.append(f"{name}.{cls.__name__}.{attribute}")
+    return found
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _status
+    point_redis_defaults_at(int(os.environ["RQ_PARITY_REDIS_PORT"]))
+    if MODE == "guard":
+        import rq.queue  # noqa: F401  (the guard goes on when rq.queue is imported)
+
+        import rq_pipeline_fix
+
+        status = rq_pipeline_fix.status()
+        if not status.active:
+            raise pytest.UsageError(f"parity: the guard is not active: {status.note}")
+        _status = status.to_dict()
+    elif MODE == "bare":
+        if "rq_pipeline_fix" in sys.modules:
+            raise pytest.UsageError("parity: rq_pipeline_fix was imported in a run that must be without it")
+    else:
+        raise pytest.UsageError(f"parity: RQ_PARITY_MODE must be guard or bare, not {MODE!r}")
+
+
+def _remember_message(report: pytest.CollectReport | pytest.TestReport) -> None:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = getattr(crash, "message", None) or str(report.longrepr).strip().splitlines()[-1:]
+    _messages.setdefault(report.nodeid, str(message)[:500])
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.failed:
+        _outcomes[report.nodeid] = "error"
+        _remember_message(report)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    previous = _outcomes.get(report.nodeid)
+    if report.failed:
+        outcome = "failed" if report.when == "call" else "error"
+        _remember_message(report)
+    elif report.skipped:
+        outcome = "skipped"
+    else:
+        outcome = "passed"
+    if previous in ("failed", "error") or (previous == "skipped" and outcome == "passed"):
+        return  # keep the worst outcome of setup, call and teardown
+    _outcomes[report.nodeid] = outcome
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if MODE == "bare":
+        if "rq_pipeline_fix" in sys.modules:
+            _problems.append("rq_pipeline_fix was imported during the run")
+        _problems.extend(f"wrapt wrapper on {where}" for where in wrapt_wrappers_in_rq())
+    else:
+        import rq_pipeline_fix
+
+        if not rq_pipeline_fix.status().active:
+            _problems.append(f"the guard was no longer active at the end: {rq_pipeline_fix.status().note}")
+    from importlib import metadata
+
+    report = {
+        "mode": MODE,
+        "python": platform.python_version(),
+        "rq": metadata.version("rq"),
+        "redis": metadata.version("redis"),
+        "status": _status,
+        "verified": not _problems,
+        "problems": _problems,
+        "exitstatus": int(exitstatus),
+        "outcomes": _outcomes,
+        "messages": _messages,
+    }
+    with open(os.environ["RQ_PARITY_REPORT"], "w", encoding="utf-8") as out:
+        json.dump(report, out, indent=2, sort_keys=True)

@@ -1,0 +1,254 @@
+"""Turn the matrix results into docs/compatibility.md.
+
+Inputs, all written by a run of the matrix (``tools/tox.sh -p 2 --result-json .tox/matrix.json``):
+  .tox/results/<env>.json  one per tox env, from the pytest hook at the end of tests/conftest.py:
+                           versions, rq_pipeline_fix.status().to_dict(), pytest outcome counts;
+  .tox/matrix.json         tox's own --result-json (optional): wall times, and which envs failed
+                           before pytest could write anything (install errors);
+  tox.ini                  env_list, so an env that left no result at all shows up too;
+  .rq-sdists/parity.json   the parity runner's summary (optional).
+
+    python tools/compat_table.py [--results DIR] [--tox-json FILE] [--parity FILE] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import datetime
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Combinations kept out of tox.ini's env_list, each checked by a real run (see the docs page).
+NOT_SUPPORTED: tuple[tuple[str, str, str], ...] = (
+    (
+        "rq 1.9.x on Python 3.12+",
+        "py312-rq19-redis7",
+        "rq 1.9 imports `distutils` (rq/queue.py, job.py, worker.py), removed from the standard library "
+        "in Python 3.12: `import rq` raises ModuleNotFoundError. 1.10 and later do not.",
+    ),
+    (
+        "rq 2.9+ / 3.0 on Python 3.9",
+        "py39-rq30-redis5",
+        "their metadata says Requires-Python >=3.10: the resolver finds no rq==3.0.0 for 3.9.",
+    ),
+    (
+        "redis-py 7.1+ / 8.x on Python 3.9",
+        "py39-rq116-redis8",
+        "redis-py 7.1 and later require Python >=3.10 (a redis7 cell on 3.9 gets 7.0.1).",
+    ),
+    (
+        "rq 3.0 with redis-py 4.x",
+        "py311-rq30-redis4",
+        "rq 3.0.0 requires redis >=5.0.1.",
+    ),
+    (
+        "redis-py 6.0.0",
+        "-",
+        "excluded by rq >=2.3.3 (`redis!=6.0.0` / `!=6`); every redis6 cell resolves to 6.4.0.",
+    ),
+)
+
+
+@dataclass
+class Cell:
+    env: str
+    python: str = ""
+    rq: str = ""
+    redis: str = ""
+    fakeredis: str | None = None
+    outcomes: dict[str, int] = field(default_factory=dict)
+    exitstatus: int | None = None
+    defects: list[dict[str, Any]] = field(default_factory=list)
+    active: bool | None = None
+    seconds: float | None = None
+    tox_code: int | None = None
+    has_result: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.has_result and self.exitstatus == 0 and (self.tox_code in (None, 0))
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return (
+            _version_key(self.rq or _factor(self.env, "rq")),
+            _version_key(self.redis),
+            _version_key(self.python),
+        )
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def _factor(env: str, prefix: str) -> str:
+    for part in env.split("-"):
+        if part.startswith(prefix) and part[len(prefix) :].isdigit():
+            digits = part[len(prefix) :]
+            return f"{digits[0]}.{digits[1:]}" if prefix in ("rq", "py") else digits
+    return ""
+
+
+def env_list(tox_ini: Path) -> list[str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(tox_ini)
+    raw = parser.get("tox", "env_list", fallback="")
+    return [line.strip() for line in raw.splitlines() if line.strip()]
+
+
+def load_cells(results: Path, tox_json: Path | None, tox_ini: Path) -> list[Cell]:
+    cells: dict[str, Cell] = {env: Cell(env) for env in env_list(tox_ini) if not env.startswith("parity")}
+    for path in sorted(results.glob("*.json")):
+        data = json.loads(path.read_text())
+        if data["env"] not in cells:
+            continue  # an env outside env_list (a one-off run): not part of the matrix
+        cell = cells[data["env"]]
+        cell.has_result = True
+        cell.python = data["python"]
+        cell.rq = data["versions"].get("rq") or ""
+        cell.redis = data["versions"].get("redis") or ""
+        cell.fakeredis = data["versions"].get("fakeredis")
+        cell.outcomes = data["outcomes"]
+        cell.exitstatus = data["exitstatus"]
+        cell.defects = data["status"].get("defects", [])
+        cell.active = data["status"].get("active")
+    if tox_json and tox_json.exists():
+        for env, info in json.loads(tox_json.read_text()).get("testenvs", {}).items():
+            if env in cells and isinstance(info, dict):
+                cell = cells[env]
+                runs = [*info.get("setup", []), *info.get("test", [])]
+                cell.seconds = sum(float(run.get("elapsed", 0)) for run in runs) or None
+                codes = [int(run.get("retcode", 0)) for run in runs]
+                cell.tox_code = next((code for code in codes if code), 0) if codes else None
+    return sorted(cells.values(), key=Cell.sort_key)
+
+
+def _ids(defects: list[dict[str, Any]], key: str) -> str:
+    chosen = [d["id"] for d in defects if d.get(key)]
+    return " ".join(chosen) if chosen else "none"
+
+
+def _outcomes(cell: Cell) -> str:
+    if not cell.has_result:
+        return "no result (did not install or pytest did not start)"
+    order = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+    return ", ".join(f"{cell.outcomes[k]} {k}" for k in order if cell.outcomes.get(k)) or "no tests"
+
+
+def render(cells: list[Cell], parity: dict[str, Any] | None, generated: str) -> str:
+    defect_ids = sorted({d["id"] for c in cells for d in c.defects}, key=_version_key)
+    passed = sum(c.ok for c in cells)
+    out = [
+        "# Compatibility",
+        "",
+        "Generated by `tools/compat_table.py` from a real run of the tox matrix (`tox.ini`); do not edit.",
+        f"Run: {generated}. Redis server: the machine's `redis-server`.",
+        "",
+        "Regenerate:",
+        "",
+        "```sh",
+        "tools/tox.sh -p 2 --result-json .tox/matrix.json   # the matrix: every env in tox.ini's env_list",
+        "tools/tox.sh -e parity                            # optional: RQ's own tests with/without the guard",
+        "python tools/compat_table.py                      # writes this file",
+        "```",
+        "",
+        f"**{passed} of {len(cells)} environments pass.** Each row is one tox env: the package installed",
+        "with its test extra and the pinned RQ / redis-py, running the README's test command (`pytest`).",
+        "*Detected*: the defects the behaviour probes found in that RQ; *patched*: those the guard fixes",
+        "there (`rq_pipeline_fix.status()`). Defects are described in the README.",
+        "",
+        "| RQ | redis-py | Python | fakeredis | detected | patched | tests | result | time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        rq = c.rq or _factor(c.env, "rq") + ".x"
+        result = "pass" if c.ok else "**FAIL**"
+        seconds = f"{c.seconds:.0f} s" if c.seconds else ""
+        redis = c.redis or _factor(c.env, "redis") + ".x"
+        python = c.python or _factor(c.env, "py")
+        detected, patched = _ids(c.defects, "detected"), _ids(c.defects, "patched")
+        out.append(
+            f"| {rq} | {redis} | {python} | {c.fakeredis or ''} | {detected} | {patched} | "
+            f"{_outcomes(c)} | {result} | {seconds} |"
+        )
+    out += ["", "Env names: `py<python>-rq<line>-redis<major>[-fakeredis]`, e.g. `py311-rq22-redis5`.", ""]
+
+    out += [
+        "## Defects per RQ line",
+        "",
+        "P: detected and patched; d: detected, not patched; -: not present.",
+        "",
+    ]
+    out += ["| RQ | " + " | ".join(defect_ids) + " |", "|---|" + "---|" * len(defect_ids)]
+    seen: dict[str, Cell] = {}
+    for c in cells:
+        if c.has_result and c.rq and c.rq not in seen:
+            seen[c.rq] = c
+    for rq, c in seen.items():
+        marks = []
+        for defect_id in defect_ids:
+            d = next((d for d in c.defects if d["id"] == defect_id), None)
+            marks.append(
+                "?"
+                if d is None or d.get("detected") is None
+                else "P"
+                if d.get("patched")
+                else "d"
+                if d.get("detected")
+                else "-"
+            )
+        out.append(f"| {rq} | " + " | ".join(marks) + " |")
+    out.append("")
+
+    out += [
+        "## Combinations that cannot install or run",
+        "",
+        "| combination | checked with | why |",
+        "|---|---|---|",
+    ]
+    out += [f"| {what} | `{env}` | {why} |" for what, env, why in NOT_SUPPORTED]
+    out.append("")
+
+    if parity:
+        out += [
+            "## Upstream parity",
+            "",
+            "RQ's own `tests/test_queue.py`, `tests/test_dependencies.py` and `tests/test_job.py` from",
+            "each release's sdist, plus `test_enqueue_different_queues_with_passed_pipeline` from the",
+            "2.3.0 sdist, run without the package (bare) and with the guard active",
+            "(`tools/tox.sh -e parity`, `tests/parity/run_upstream.py`). The guard must add no failure.",
+            "",
+            "```",
+            *parity.get("summary", []),
+            "```",
+            "",
+        ]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, default=REPO / ".tox" / "results")
+    parser.add_argument("--tox-json", type=Path, default=REPO / ".tox" / "matrix.json")
+    parser.add_argument("--tox-ini", type=Path, default=REPO / "tox.ini")
+    parser.add_argument("--parity", type=Path, default=REPO / ".rq-sdists" / "parity.json")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "compatibility.md")
+    args = parser.parse_args(argv)
+    cells = load_cells(args.results, args.tox_json, args.tox_ini)
+    parity = json.loads(args.parity.read_text()) if args.parity.exists() else None
+    stamps = [p.stat().st_mtime for p in args.results.glob("*.json")]
+    when = datetime.datetime.fromtimestamp(max(stamps), datetime.timezone.utc) if stamps else None
+    generated = when.strftime("%Y-%m-%d %H:%M UTC") if when else "no results"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(cells, parity, generated))
+    print(f"wrote {args.out} ({len(cells)} environments)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

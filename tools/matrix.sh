@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The full compatibility matrix (tox.ini's env_list, two envs at a time), then docs/compatibility.md.
+# Extra arguments go to tox, e.g. tools/matrix.sh -e py39-rq19-redis4,py313-rq30-redis8
+# Upstream parity is a separate command: tools/tox.sh -e parity (its summary lands in the table
+# when .rq-sdists/parity.json exists).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+rm -rf .tox/results .tox/matrix.json
+"$root/tools/tox.sh" -p "${TOX_PARALLEL:-2}" --result-json .tox/matrix.json "$@"
+status=$?
+python3 tools/compat_table.py
+exit $status
