@@ -22,6 +22,10 @@ class ProbeTouchedRedis(Exception):
     """The probed RQ code tried to talk to Redis, so the probe cannot tell what it would do."""
 
 
+class _PipelineRanAtOnce(ProbeTouchedRedis):
+    """The caller's pipeline sent a command instead of buffering it: what D6 and D7 look like."""
+
+
 class TableVerdict(str, enum.Enum):
     AFFECTED = "affected"
     UNAFFECTED = "unaffected"
@@ -40,17 +44,23 @@ class Defect:
 LAST_MEASURED_RQ = Version("3.0.0")
 
 _CHECK = "Dependency.get_jobs_with_met_dependencies"  # enqueue_many's dependency check
+_SINCE_1_9 = SpecifierSet(">=1.9.0")  # pipeline= on enqueue calls arrived in 1.9.0
+_SINCE_1_15 = SpecifierSet(">=1.15.0")  # enqueue_many takes depends_on (rq.dependency appears)
 
+# fmt: off
 DEFECTS: tuple[Defect, ...] = (
     Defect("D1", "nested MULTI for jobs without dependencies", SpecifierSet(">=1.9.0,<2.3.0")),
-    Defect("D2", "MULTI after commands already buffered in the pipeline", SpecifierSet(">=1.9.0")),
-    Defect("D3", "dependent job into a pipeline in MULTI or holding commands", SpecifierSet(">=1.9.0")),
-    # enqueue_many takes depends_on from 1.15.0 on (rq.dependency appears then)
-    Defect("D4", "enqueue_many with depends_on into a pipeline in MULTI", SpecifierSet(">=1.15.0"), _CHECK),
-    Defect(
-        "D5", "enqueue_many with depends_on executes the caller's pipeline", SpecifierSet(">=1.15.0"), _CHECK
-    ),
+    Defect("D2", "MULTI after commands already buffered in the pipeline", _SINCE_1_9),
+    Defect("D3", "dependent job into a pipeline in MULTI or holding commands", _SINCE_1_9),
+    Defect("D4", "enqueue_many with depends_on into a pipeline in MULTI", _SINCE_1_15, _CHECK),
+    Defect("D5", "enqueue_many with depends_on runs the caller's execute()", _SINCE_1_15, _CHECK),
+    Defect("D6", "enqueue_many writes at once through a WATCHing pipeline", _SINCE_1_9, "Queue.enqueue_many"),
+    Defect("D7", "enqueue_at/enqueue_in write at once through a WATCHing pipeline", _SINCE_1_9,
+           "Queue.schedule_job"),
+    Defect("D8", "enqueue_at/enqueue_in put the scheduled entry outside the caller's pipeline",
+           SpecifierSet(">=1.9.0,<3.0.0"), "ScheduledJobRegistry.schedule"),
 )
+# fmt: on
 DEFECTS_BY_ID = {defect.id: defect for defect in DEFECTS}
 
 
@@ -85,15 +95,24 @@ class Finding:
 # --- the probes -------------------------------------------------------------------------------
 
 
-def _offline_redis() -> Any:
-    """A real redis-py client whose connections raise instead of connecting."""
+def _offline_redis(error: type[ProbeTouchedRedis] = ProbeTouchedRedis) -> Any:
+    """A real redis-py client whose connections raise ``error`` instead of connecting."""
     import redis
 
     class OfflineConnection(redis.Connection):
         def connect(self, *args: Any, **kwargs: Any) -> None:
-            raise ProbeTouchedRedis("the probed code sent a command to Redis")
+            raise error("the probed code sent a command to Redis")
 
     return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=OfflineConnection))
+
+
+def _runs_at_once(run: Callable[[], object]) -> bool:
+    """True when RQ's code sends a command through the caller's WATCHing pipeline at once."""
+    try:
+        run()
+    except _PipelineRanAtOnce:
+        return True
+    return False
 
 
 def _fails_on(run: Callable[[], object]) -> bool:
@@ -153,6 +172,18 @@ class _ProbeKit:
         self.originals = originals
         self.setup_dependencies = originals["Queue.setup_dependencies"]
         self.get_jobs_with_met_dependencies = originals.get(_CHECK)
+        self.callers_client = _offline_redis(_PipelineRanAtOnce)  # tells the caller's pipeline apart
+
+    def watching_pipeline(self) -> Any:
+        """A caller's pipeline after WATCH (immediate mode), reached without sending the WATCH."""
+        pipe = self.callers_client.pipeline()
+        pipe.watching = True
+        return pipe
+
+    def original(self, label: str) -> Callable[..., Any]:
+        method = self.originals.get(label)
+        assert method is not None
+        return method
 
     def job(self, depends_on: str | None = None) -> Any:
         return self.queue.create_job("os.getpid", depends_on=depends_on)
@@ -201,26 +232,65 @@ def _probe_d5(kit: _ProbeKit) -> bool:
     return pipe.executed
 
 
+def _probe_d6(kit: _ProbeKit) -> bool:
+    from rq.queue import Queue
+
+    enqueue_many = kit.original("Queue.enqueue_many")
+    job_datas = [Queue.prepare_data("os.getpid")]
+    return _runs_at_once(lambda: enqueue_many(kit.queue, job_datas, pipeline=kit.watching_pipeline()))
+
+
+def _probe_d7(kit: _ProbeKit) -> bool:
+    from datetime import datetime, timezone
+
+    schedule_job = kit.original("Queue.schedule_job")
+    when = datetime.now(timezone.utc)
+    return _runs_at_once(lambda: schedule_job(kit.queue, kit.job(), when, pipeline=kit.watching_pipeline()))
+
+
+def _probe_d8(kit: _ProbeKit) -> bool:
+    from datetime import datetime, timezone
+
+    from rq.registry import ScheduledJobRegistry
+
+    schedule = kit.original("ScheduledJobRegistry.schedule")
+    registry_class: Any = ScheduledJobRegistry
+    registry = registry_class(queue=kit.queue)
+    pipe = kit.callers_client.pipeline()
+    pipe.multi()
+    try:
+        schedule(registry, kit.job(), datetime.now(timezone.utc), pipeline=pipe)
+    except _PipelineRanAtOnce:
+        raise
+    except ProbeTouchedRedis:  # written through the registry's own connection, not the pipeline
+        return True
+    return False
+
+
 PROBES: dict[str, Callable[[_ProbeKit], bool]] = {
     "D1": _probe_d1,
     "D2": _probe_d2,
     "D3": _probe_d3,
     "D4": _probe_d4,
     "D5": _probe_d5,
+    "D6": _probe_d6,
+    "D7": _probe_d7,
+    "D8": _probe_d8,
 }
 
 
 # --- putting both together ----------------------------------------------------------------------
 
 
-def check_shape(label: str, attribute: object, expected: Sequence[str]) -> str | None:
+def check_shape(label: str, attribute: object, expected: Sequence[str], more_ok: bool = False) -> str | None:
     """Why ``attribute`` (as found in its class's ``__dict__``) cannot be wrapped safely, or None
-    when it is a plain function or classmethod with the parameters we know."""
+    when it is a plain function or classmethod with the parameters we know (followed by others,
+    with ``more_ok``)."""
     function = attribute.__func__ if isinstance(attribute, classmethod) else attribute
     if not inspect.isfunction(function):
         return f"{label} is a {type(attribute).__name__}, not a plain function"
     names = list(inspect.signature(function).parameters)
-    if names != list(expected):
+    if (names[: len(expected)] if more_ok else names) != list(expected):
         return f"{label} has parameters {names}, expected {list(expected)}"
     return None
 

@@ -5,12 +5,16 @@ RQ ends ``Queue.setup_dependencies`` by switching the caller's pipeline to MULTI
 refuses that when the pipeline is already in MULTI (D1) or already holds commands (D2), and RQ's
 dependency check WATCHes keys, which redis-py refuses after MULTI (D3). ``enqueue_many`` checks
 dependencies in ``Dependency.get_jobs_with_met_dependencies``, which WATCHes (D4) and runs
-``execute()`` on the caller's pipeline (D5). Each guard looks up the pipeline's state in its
-table and steps in only where the installed RQ was found to fail; everywhere else it calls RQ.
+``execute()`` on the caller's pipeline (D5). ``enqueue_many`` and ``enqueue_at`` write through a
+WATCHing pipeline, which runs each command at once instead of buffering it (D6, D7). Each guard
+looks up the pipeline's state in its table and steps in only where the installed RQ was found to
+fail; everywhere else it calls RQ. Before 3.0, ``ScheduledJobRegistry.schedule`` ignores the
+pipeline and writes through its own connection (D8): that guard needs no table.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -25,6 +29,7 @@ Action = Callable[..., Any]
 class Decision(NamedTuple):
     defect: str | None  # the defect RQ's own code hits in this state; None: RQ is right here
     action: Action | None  # what the guard does instead; None: call RQ
+    then_call_rq: bool = False  # the action only prepares the pipeline; RQ's own code follows
 
 
 CALL_RQ = Decision(None, None)
@@ -76,6 +81,29 @@ MET_DEPENDENCIES: dict[PipelineState, Decision] = {
 }
 
 
+def _buffer_writes(queue: Any, subject: Any, pipe: Any) -> None:
+    if pipe.watching:  # transaction=False without a WATCH stays a plain pipeline, as asked
+        start_transaction(pipe)
+
+
+def buffered_writes(defect: str) -> dict[PipelineState, Decision]:
+    """Queue.enqueue_many(job_datas, pipeline) (D6) and Queue.schedule_job(job, datetime, pipeline),
+    behind enqueue_at/enqueue_in (D7), write through the pipeline themselves, without the MULTI
+    that setup_dependencies gives enqueue: while the caller WATCHes, each write would run at once."""
+    return {
+        PipelineState.FRESH: CALL_RQ,
+        PipelineState.WATCHING: Decision(defect, _buffer_writes, then_call_rq=True),
+        PipelineState.MULTI: CALL_RQ,
+        PipelineState.BUFFERED_IN_TRANSACTION: CALL_RQ,
+        # WATCH issued after commands were buffered: immediate mode again.
+        PipelineState.BUFFERED_OUTSIDE_TRANSACTION: Decision(defect, _buffer_writes, then_call_rq=True),
+    }
+
+
+ENQUEUE_MANY_WRITES = buffered_writes("D6")
+SCHEDULE_JOB_WRITES = buffered_writes("D7")
+
+
 class Guard:
     """A wrapt wrapper: looks up the caller's pipeline state and steps in for patched defects.
 
@@ -94,7 +122,28 @@ class Guard:
         decision = self.target.decide(subject, pipe)
         if decision.action is None or decision.defect not in self.patched:
             return wrapped(*args, **kwargs)
-        return decision.action(instance, subject, pipe)
+        result = decision.action(instance, subject, pipe)
+        return wrapped(*args, **kwargs) if decision.then_call_rq else result
+
+
+class ScheduleThroughPipeline:
+    """The wrapt wrapper for ``ScheduledJobRegistry.schedule(job, scheduled_datetime, pipeline)``
+    where it ZADDs through ``self.connection`` whatever the pipeline (D8): the entry lands at once,
+    outside the caller's transaction, and stays behind if the batch aborts. In every pipeline
+    state the fix is the same: RQ's own code, run on a copy of the registry whose connection is
+    the caller's pipeline, so its timestamp rules stay those of the installed release."""
+
+    def __init__(self, target: Target, patched: frozenset[str]) -> None:
+        self.target = target
+        self.patched = patched
+
+    def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        _job, pipe = self.target.arguments(*args, **kwargs)
+        if not isinstance(pipe, Pipeline) or "D8" not in self.patched:
+            return wrapped(*args, **kwargs)
+        registry = copy.copy(instance)
+        registry.connection = pipe
+        return wrapped.__func__(registry, *args, **kwargs)
 
 
 def _job_and_pipeline(job: Any, pipeline: Any = None) -> tuple[Any, Any]:
@@ -114,6 +163,24 @@ def _decide_met_dependencies(jobs: Any, pipe: Any) -> Decision:
     return MET_DEPENDENCIES[pipeline_state(pipe)]
 
 
+def _first_and_pipeline(first: Any, pipeline: Any = None, *more: Any, **named: Any) -> tuple[Any, Any]:
+    return first, pipeline
+
+
+def _job_and_pipeline_after_datetime(
+    job: Any, datetime: Any, pipeline: Any = None, *more: Any, **named: Any
+) -> tuple[Any, Any]:
+    return job, pipeline
+
+
+def _decide_enqueue_many(job_datas: Any, pipe: Any) -> Decision:
+    return ENQUEUE_MANY_WRITES[pipeline_state(pipe)]
+
+
+def _decide_schedule_job(job: Any, pipe: Any) -> Decision:
+    return SCHEDULE_JOB_WRITES[pipeline_state(pipe)]
+
+
 @dataclass(frozen=True)
 class Target:
     """One method of RQ that we wrap, the parameters we expect it to have, and its table."""
@@ -125,6 +192,8 @@ class Target:
     defects: tuple[str, ...]
     arguments: Callable[..., tuple[Any, Any]]  # (subject, pipeline) from the call's arguments
     decide: Callable[[Any, Any], Decision]
+    more_parameters_ok: bool = False  # later RQ releases add trailing options we pass through
+    wrapper: type = Guard
 
     @property
     def label(self) -> str:
@@ -149,4 +218,35 @@ GET_JOBS_WITH_MET_DEPENDENCIES = Target(
     _jobs_and_pipeline,
     _decide_met_dependencies,
 )
-TARGETS = (SETUP_DEPENDENCIES, GET_JOBS_WITH_MET_DEPENDENCIES)
+ENQUEUE_MANY = Target(
+    "rq.queue",
+    "Queue",
+    "enqueue_many",
+    ("self", "job_datas", "pipeline"),
+    ("D6",),
+    _first_and_pipeline,
+    _decide_enqueue_many,
+    more_parameters_ok=True,
+)
+SCHEDULE_JOB = Target(
+    "rq.queue",
+    "Queue",
+    "schedule_job",
+    ("self", "job", "datetime", "pipeline"),
+    ("D7",),
+    _job_and_pipeline_after_datetime,
+    _decide_schedule_job,
+    more_parameters_ok=True,
+)
+REGISTRY_SCHEDULE = Target(
+    "rq.registry",
+    "ScheduledJobRegistry",
+    "schedule",
+    ("self", "job", "scheduled_datetime", "pipeline"),
+    ("D8",),
+    _job_and_pipeline_after_datetime,
+    _decide_schedule_job,  # unused: ScheduleThroughPipeline does the same in every state
+    more_parameters_ok=True,
+    wrapper=ScheduleThroughPipeline,
+)
+TARGETS = (SETUP_DEPENDENCIES, GET_JOBS_WITH_MET_DEPENDENCIES, ENQUEUE_MANY, SCHEDULE_JOB, REGISTRY_SCHEDULE)

@@ -78,14 +78,14 @@ class _Installed:
     def __init__(self, target: Any, owner: type, original: Any, patched: frozenset[str]) -> None:
         import wrapt
 
-        from .guard import Guard
-
         self.target = target
         self.owner = owner
         self.original = original
         self.patched = patched
         self.enabled = True
-        self.wrapper = wrapt.FunctionWrapper(original, Guard(target, patched), enabled=self.is_enabled)
+        self.wrapper = wrapt.FunctionWrapper(
+            original, target.wrapper(target, patched), enabled=self.is_enabled
+        )
         setattr(owner, target.name, self.wrapper)
 
     def is_enabled(self) -> bool:
@@ -187,7 +187,9 @@ def _install() -> Status:
     found = {target: _find(target) for target in TARGETS}
     usable: dict[Any, tuple[type, Any]] = {}
     for target, place in found.items():
-        problem = check_shape(target.label, place[1] if place else None, target.parameters)
+        problem = check_shape(
+            target.label, place[1] if place else None, target.parameters, target.more_parameters_ok
+        )
         if place is not None and problem is None:
             usable[target] = place
         elif target is SETUP_DEPENDENCIES:

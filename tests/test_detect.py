@@ -57,23 +57,57 @@ def fixed_get_jobs_with_met_dependencies(jobs: Any, pipeline: Any) -> Any:
     return jobs, []
 
 
-def probed(
-    setup_dependencies: Any, rq_version: str = INSTALLED_RQ, get_jobs_with_met_dependencies: Any = None
-) -> dict[str, detect.Finding]:
-    originals = {
-        "Queue.setup_dependencies": setup_dependencies,
-        "Dependency.get_jobs_with_met_dependencies": get_jobs_with_met_dependencies,
-    }
+def like_rq_enqueue_many(self: Any, job_datas: Any, pipeline: Any = None, group_id: Any = None) -> Any:
+    pipeline.sadd("rq:queues", self.key)  # as RQ writes, without switching a WATCHing pipe to MULTI
+    return []
+
+
+def like_rq_schedule_job(self: Any, job: Any, datetime: Any, pipeline: Any = None) -> Any:
+    pipeline.sadd("rq:queues", self.key)
+    return job
+
+
+def like_rq_registry_schedule(self: Any, job: Any, scheduled_datetime: Any, pipeline: Any = None) -> Any:
+    return self.connection.zadd(self.key, {job.id: 0})  # RQ < 3.0 ignores the pipeline here
+
+
+def buffering_enqueue_many(self: Any, job_datas: Any, pipeline: Any = None) -> Any:
+    if pipeline.watching:
+        pipeline.multi()
+    pipeline.sadd("rq:queues", self.key)
+    return []
+
+
+METHODS = {
+    "setup_dependencies": "Queue.setup_dependencies",
+    "get_jobs_with_met_dependencies": "Dependency.get_jobs_with_met_dependencies",
+    "enqueue_many": "Queue.enqueue_many",
+    "schedule_job": "Queue.schedule_job",
+    "schedule": "ScheduledJobRegistry.schedule",
+}
+
+
+def probed(rq_version: str = INSTALLED_RQ, **methods: Any) -> dict[str, detect.Finding]:
+    """The probes' findings for stand-in methods (by short name); a method not given is absent."""
+    originals = {label: methods.get(name) for name, label in METHODS.items()}
     return {f.defect.id: f for f in detect.detect(originals, rq_version)}
 
 
-def installed_originals() -> tuple[Any, Any]:
+def installed_originals() -> dict[str, Any]:
     from rq.dependency import Dependency
+    from rq.registry import ScheduledJobRegistry
 
-    return (
-        Queue.__dict__["setup_dependencies"].__wrapped__,
-        Dependency.__dict__["get_jobs_with_met_dependencies"].__wrapped__.__get__(None, Dependency),
-    )
+    owners = {"Queue": Queue, "Dependency": Dependency, "ScheduledJobRegistry": ScheduledJobRegistry}
+    originals = {}
+    for name, label in METHODS.items():
+        owner = owners[label.split(".")[0]]
+        attribute = owner.__dict__[name]  # unwrapped where the guard found nothing to fix
+        originals[name] = getattr(attribute, "__wrapped__", attribute).__get__(None, owner)
+    return originals
+
+
+def probes(findings: dict[str, detect.Finding]) -> dict[str, bool | None]:
+    return {defect_id: finding.probe for defect_id, finding in findings.items()}
 
 
 @pytest.mark.parametrize(
@@ -97,37 +131,67 @@ def test_version_table(version: str | None, d1: TableVerdict, d2: TableVerdict) 
 
 
 def test_probes_see_every_defect_in_rq_1_9_code() -> None:
-    findings = probed(like_rq_1_9, "1.9.0")
+    findings = probed(
+        "1.9.0",
+        setup_dependencies=like_rq_1_9,
+        enqueue_many=like_rq_enqueue_many,
+        schedule_job=like_rq_schedule_job,
+        schedule=like_rq_registry_schedule,
+    )
     assert findings["D4"].reason == "rq 1.9.0 has no Dependency.get_jobs_with_met_dependencies"
-    assert {k: f.probe for k, f in findings.items()} == {
+    assert probes(findings) == {
         "D1": True,
         "D2": True,
         "D3": True,
         "D4": False,
         "D5": False,
+        "D6": True,
+        "D7": True,
+        "D8": True,
     }
     assert "as the version table expects" in findings["D1"].reason
 
 
 def test_probes_see_upstream_fix_of_d1_in_rq_2_3_code() -> None:
-    findings = probed(like_rq_2_3, "2.3.0", like_rq_2_get_jobs_with_met_dependencies)
-    assert {k: f.probe for k, f in findings.items()} == {
+    findings = probed(
+        "2.3.0",
+        setup_dependencies=like_rq_2_3,
+        get_jobs_with_met_dependencies=like_rq_2_get_jobs_with_met_dependencies,
+    )
+    assert probes(findings) == {
         "D1": False,
         "D2": True,
         "D3": True,
         "D4": True,
         "D5": True,
+        "D6": False,
+        "D7": False,
+        "D8": False,
     }
 
 
+def test_probe_sees_an_enqueue_many_that_buffers_in_a_watching_pipeline() -> None:
+    assert probed(setup_dependencies=like_rq_2_3, enqueue_many=buffering_enqueue_many)["D6"].probe is False
+    assert probed(setup_dependencies=like_rq_2_3, enqueue_many=like_rq_enqueue_many)["D6"].probe is True
+
+
 def test_probes_see_a_fixed_enqueue_many_dependency_check() -> None:
-    findings = probed(like_rq_2_3, "2.3.0", fixed_get_jobs_with_met_dependencies)
+    findings = probed(
+        "2.3.0",
+        setup_dependencies=like_rq_2_3,
+        get_jobs_with_met_dependencies=fixed_get_jobs_with_met_dependencies,
+    )
     assert (findings["D4"].probe, findings["D5"].probe) == (False, False)
     assert "trusting the probe" in findings["D5"].reason
 
 
 def test_probe_wins_over_version_table_and_says_so() -> None:
-    findings = probed(fully_fixed, "2.2.0", fixed_get_jobs_with_met_dependencies)
+    findings = probed(
+        "2.2.0",
+        setup_dependencies=fully_fixed,
+        get_jobs_with_met_dependencies=fixed_get_jobs_with_met_dependencies,
+        enqueue_many=buffering_enqueue_many,
+    )
     assert all(f.probe is False for f in findings.values())
     assert findings["D1"].table is TableVerdict.AFFECTED
     assert findings["D1"].present is False
@@ -135,24 +199,24 @@ def test_probe_wins_over_version_table_and_says_so() -> None:
 
 
 def test_unknown_future_release_is_decided_by_the_probe() -> None:
-    findings = probed(like_rq_2_3, "99.0")
+    findings = probed("99.0", setup_dependencies=like_rq_2_3)
     assert findings["D1"].table is TableVerdict.UNKNOWN and findings["D1"].present is False
     assert findings["D2"].present is True
     assert "newer than the releases measured" in findings["D2"].reason
 
 
 def test_probe_that_would_touch_redis_decides_nothing() -> None:
-    findings = probed(talks_to_redis)
+    findings = probed(setup_dependencies=talks_to_redis)
     for finding in (findings["D1"], findings["D2"], findings["D3"]):
         assert finding.probe is None
         assert "tried to talk to Redis" in finding.reason or "sent a command to Redis" in finding.reason
 
 
 def test_probes_of_the_installed_rq_match_the_version_table() -> None:
-    findings = probed(*installed_originals()[:1], INSTALLED_RQ, installed_originals()[1])
+    findings = probed(INSTALLED_RQ, **installed_originals())
     assert findings["D1"].probe == (Version(INSTALLED_RQ) < Version("2.3.0"))
-    assert findings["D2"].probe is findings["D3"].probe is True
-    assert findings["D4"].probe is findings["D5"].probe is True
+    assert all(findings[d].probe is True for d in ("D2", "D3", "D4", "D5", "D6", "D7"))
+    assert findings["D8"].probe == (Version(INSTALLED_RQ) < Version("3.0.0"))
     for finding in findings.values():
         if finding.table is not TableVerdict.UNKNOWN:
             assert finding.present == (finding.table is TableVerdict.AFFECTED), finding

@@ -218,6 +218,51 @@ def test_enqueue_at_and_enqueue_in_mixed_with_enqueue(connection: redis.Redis) -
     assert statuses(connection, [scheduled, delayed]) == [JobStatus.SCHEDULED] * 2
 
 
+@pytest.mark.parametrize("first", ["enqueue_many", "enqueue_at", "enqueue_in"])
+def test_watch_then_batch_or_schedule_first_stays_buffered_and_aborts_on_concurrent_write(
+    connection: redis.Redis, other_client: redis.Redis, first: str
+) -> None:
+    """enqueue_many and enqueue_at write without setup_dependencies' MULTI (D6, D7)."""
+    default, high = queues(connection, "default", "high")
+    connection.set("balance", 10)
+    with connection.pipeline() as pipe:
+        pipe.watch("balance")
+        if first == "enqueue_many":
+            default.enqueue_many([Queue.prepare_data(record, args=("a",))], pipeline=pipe)
+        elif first == "enqueue_at":
+            default.enqueue_at(datetime.now(timezone.utc) + timedelta(hours=1), record, "a", pipeline=pipe)
+        else:
+            default.enqueue_in(timedelta(hours=1), record, "a", pipeline=pipe)
+        high.enqueue_call(record, args=("b",), pipeline=pipe)
+        assert job_keys(connection) == [] and default.count == high.count == 0
+        other_client.set("balance", 0)
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
+    assert job_keys(connection) == [] and connection.keys("rq:*") == []
+
+
+def test_watch_then_enqueue_many_lands_with_execute(connection: redis.Redis) -> None:
+    (default,) = queues(connection, "default")
+    connection.set("balance", 10)
+    with connection.pipeline() as pipe:
+        pipe.watch("balance")
+        jobs = default.enqueue_many([Queue.prepare_data(record, args=(x,)) for x in "ab"], pipeline=pipe)
+        pipe.decr("balance")
+        assert job_keys(connection) == []
+        pipe.execute()
+    assert default.job_ids == [job.id for job in jobs] and connection.get("balance") == b"9"
+
+
+def test_aborted_batch_leaves_no_scheduled_entry_behind(connection: redis.Redis) -> None:
+    default, high = queues(connection, "default", "high")
+    with pytest.raises(RuntimeError), connection.pipeline() as pipe:
+        high.enqueue_call(record, args=("now",), pipeline=pipe)
+        default.enqueue_in(timedelta(minutes=5), record, "later", pipeline=pipe)
+        raise RuntimeError("the caller gives up before execute()")
+    assert ScheduledJobRegistry(queue=default).get_job_ids() == []
+    assert connection.keys("*") == []
+
+
 def test_redis_transaction_retries_and_enqueues_exactly_once(
     connection: redis.Redis, other_client: redis.Redis
 ) -> None:
@@ -316,6 +361,30 @@ def test_without_guard_enqueue_after_buffered_command_fails(connection: redis.Re
         default.enqueue_call(record, args=("a",), pipeline=pipe)
     pipe.reset()
     assert connection.keys("*") == []
+
+
+@pytest.mark.usefixtures("unpatched")
+def test_without_guard_enqueue_many_writes_through_watching_pipeline_at_once(connection: redis.Redis) -> None:
+    assert detected("D6"), "every RQ release measured so far has D6"
+    (default,) = queues(connection, "default")
+    with connection.pipeline() as pipe:
+        pipe.watch("balance")
+        (job,) = default.enqueue_many([Queue.prepare_data(record, args=("a",))], pipeline=pipe)
+        assert job_keys(connection) == [f"rq:job:{job.id}".encode()]  # before any execute()
+        pipe.reset()
+
+
+@pytest.mark.usefixtures("unpatched")
+def test_without_guard_scheduled_entry_lands_before_execute_where_d8_was_detected(
+    connection: redis.Redis,
+) -> None:
+    (default,) = queues(connection, "default")
+    with connection.pipeline() as pipe:
+        pipe.multi()
+        job = default.enqueue_in(timedelta(minutes=5), record, "later", pipeline=pipe)
+        landed = ScheduledJobRegistry(queue=default).get_job_ids()
+        pipe.reset()
+    assert landed == ([job.id] if detected("D8") else [])
 
 
 def test_status_reports_what_was_patched() -> None:
