@@ -4,6 +4,8 @@ Importing the package puts the guards on RQ as soon as ``rq.queue`` is imported 
 already is), for the defects the installed RQ has. ``RQ_PIPELINE_FIX_DISABLE=1`` leaves RQ
 untouched. The import itself is nearly free: the rest of the package loads when rq does, or on
 first use of the API below.
+
+PYTEST_DONT_REWRITE: the runner may import this package before pytest's assertion rewriting starts.
 """
 
 from __future__ import annotations

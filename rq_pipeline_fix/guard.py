@@ -119,7 +119,7 @@ class Guard:
         subject, pipe = self.target.arguments(*args, **kwargs)
         if not isinstance(pipe, Pipeline):  # None, or not a redis-py pipeline: RQ's own behaviour
             return wrapped(*args, **kwargs)
-        decision = self.target.decide(subject, pipe)
+        decision = self.target.table_for(subject)[pipeline_state(pipe)]
         if decision.action is None or decision.defect not in self.patched:
             return wrapped(*args, **kwargs)
         result = decision.action(instance, subject, pipe)
@@ -146,23 +146,6 @@ class ScheduleThroughPipeline:
         return wrapped.__func__(registry, *args, **kwargs)
 
 
-def _job_and_pipeline(job: Any, pipeline: Any = None) -> tuple[Any, Any]:
-    return job, pipeline
-
-
-def _jobs_and_pipeline(jobs: Any, pipeline: Any = None) -> tuple[Any, Any]:
-    return jobs, pipeline
-
-
-def _decide_setup_dependencies(job: Any, pipe: Any) -> Decision:
-    table = WITH_DEPENDENCIES if job._dependency_ids else WITHOUT_DEPENDENCIES
-    return table[pipeline_state(pipe)]
-
-
-def _decide_met_dependencies(jobs: Any, pipe: Any) -> Decision:
-    return MET_DEPENDENCIES[pipeline_state(pipe)]
-
-
 def _first_and_pipeline(first: Any, pipeline: Any = None, *more: Any, **named: Any) -> tuple[Any, Any]:
     return first, pipeline
 
@@ -173,25 +156,22 @@ def _job_and_pipeline_after_datetime(
     return job, pipeline
 
 
-def _decide_enqueue_many(job_datas: Any, pipe: Any) -> Decision:
-    return ENQUEUE_MANY_WRITES[pipeline_state(pipe)]
-
-
-def _decide_schedule_job(job: Any, pipe: Any) -> Decision:
-    return SCHEDULE_JOB_WRITES[pipeline_state(pipe)]
+def _setup_dependencies_table(job: Any) -> dict[PipelineState, Decision]:
+    return WITH_DEPENDENCIES if job._dependency_ids else WITHOUT_DEPENDENCIES
 
 
 @dataclass(frozen=True)
 class Target:
-    """One method of RQ that we wrap, the parameters we expect it to have, and its table."""
+    """One method of RQ that we wrap: where it is, the parameters we expect, the defects it has,
+    and which decision table applies to a call (by its first argument)."""
 
     module: str
     owner: str
     name: str
     parameters: tuple[str, ...]
     defects: tuple[str, ...]
-    arguments: Callable[..., tuple[Any, Any]]  # (subject, pipeline) from the call's arguments
-    decide: Callable[[Any, Any], Decision]
+    arguments: Callable[..., tuple[Any, Any]]  # (first argument, pipeline) of a call
+    table_for: Callable[[Any], dict[PipelineState, Decision]] = lambda subject: {}
     more_parameters_ok: bool = False  # later RQ releases add trailing options we pass through
     wrapper: type = Guard
 
@@ -206,8 +186,8 @@ SETUP_DEPENDENCIES = Target(
     "setup_dependencies",
     ("self", "job", "pipeline"),
     ("D1", "D2", "D3"),
-    _job_and_pipeline,
-    _decide_setup_dependencies,
+    _first_and_pipeline,
+    _setup_dependencies_table,
 )
 GET_JOBS_WITH_MET_DEPENDENCIES = Target(
     "rq.dependency",  # only in releases whose enqueue_many takes depends_on (1.15 on)
@@ -215,8 +195,8 @@ GET_JOBS_WITH_MET_DEPENDENCIES = Target(
     "get_jobs_with_met_dependencies",
     ("cls", "jobs", "pipeline"),
     ("D4", "D5"),
-    _jobs_and_pipeline,
-    _decide_met_dependencies,
+    _first_and_pipeline,
+    lambda jobs: MET_DEPENDENCIES,
 )
 ENQUEUE_MANY = Target(
     "rq.queue",
@@ -225,7 +205,7 @@ ENQUEUE_MANY = Target(
     ("self", "job_datas", "pipeline"),
     ("D6",),
     _first_and_pipeline,
-    _decide_enqueue_many,
+    lambda job_datas: ENQUEUE_MANY_WRITES,
     more_parameters_ok=True,
 )
 SCHEDULE_JOB = Target(
@@ -235,7 +215,7 @@ SCHEDULE_JOB = Target(
     ("self", "job", "datetime", "pipeline"),
     ("D7",),
     _job_and_pipeline_after_datetime,
-    _decide_schedule_job,
+    lambda job: SCHEDULE_JOB_WRITES,
     more_parameters_ok=True,
 )
 REGISTRY_SCHEDULE = Target(
@@ -245,8 +225,7 @@ REGISTRY_SCHEDULE = Target(
     ("self", "job", "scheduled_datetime", "pipeline"),
     ("D8",),
     _job_and_pipeline_after_datetime,
-    _decide_schedule_job,  # unused: ScheduleThroughPipeline does the same in every state
     more_parameters_ok=True,
-    wrapper=ScheduleThroughPipeline,
+    wrapper=ScheduleThroughPipeline,  # one fix for every pipeline state: no table
 )
 TARGETS = (SETUP_DEPENDENCIES, GET_JOBS_WITH_MET_DEPENDENCIES, ENQUEUE_MANY, SCHEDULE_JOB, REGISTRY_SCHEDULE)

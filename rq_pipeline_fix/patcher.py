@@ -181,6 +181,8 @@ def _install() -> Status:
         import rq.queue  # noqa: F401
     except Exception as exc:
         return _leave_rq_alone(f"left RQ untouched: rq cannot be imported ({exc!r})")
+    if _installed:  # importing rq.queue just now ran our import hook, which applied the guards
+        return status()
     from .detect import check_shape, detect
     from .guard import SETUP_DEPENDENCIES, TARGETS
 

@@ -141,6 +141,14 @@ def test_import_does_not_import_rq_and_patches_when_rq_arrives() -> None:
     assert result.stdout.split() == ["FunctionWrapper", "True"]
 
 
+def test_apply_before_rq_is_imported_wraps_once() -> None:
+    result = run_python(
+        "import rq_pipeline_fix; rq_pipeline_fix.apply(); from rq.queue import Queue;"
+        "print(type(Queue.__dict__['setup_dependencies'].__wrapped__).__name__)"
+    )
+    assert result.stdout.split() == ["function"], result.stderr  # our hook fired inside apply()
+
+
 def test_import_after_rq_patches_at_once() -> None:
     result = run_python(
         "import rq, rq_pipeline_fix; from rq.queue import Queue;"
