@@ -1,0 +1,67 @@
+"""Item 1: what the guard costs on the path every enqueue into a caller's pipeline takes.
+
+Same RQ, same process, guard toggled with ``apply()``/``revert()`` between variants of one round.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .rounds import alternate
+from .settings import Settings
+from .stats import ratios, summary
+
+
+def measure(runner: Any, url: str, settings: Settings) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "environment": runner.call("environment"),
+        "enqueue": {},
+        "setup_dependencies": {},
+    }
+    drivings = {"fresh_pipeline": settings.guard_jobs, "shared_pipeline": settings.guard_shared_jobs}
+    for driving, jobs in drivings.items():
+        result["enqueue"][driving] = _enqueue(runner, url, driving, jobs, settings.guard_rounds)
+    for path in ("multi", "fresh"):
+        result["setup_dependencies"][path] = _setup_dependencies(runner, url, path, settings)
+    return result
+
+
+def _enqueue(runner: Any, url: str, driving: str, jobs: int, rounds: int) -> dict[str, Any]:
+    def run(guard: bool) -> dict[str, Any]:
+        return runner.call("guard_enqueue", url=url, driving=driving, jobs=jobs, guard=guard)  # type: ignore[no-any-return]
+
+    warm = {"guard": run(True), "original": run(False)}  # also: does the original survive this driving?
+    failed = {name: reply["error"] for name, reply in warm.items() if "error" in reply}
+    if failed:
+        return {"jobs": jobs, "skipped": failed}
+    samples = alternate({"guard": lambda: run(True), "original": lambda: run(False)}, rounds)
+    guard_us = [reply["seconds"] / jobs * 1e6 for reply in samples["guard"]]
+    original_us = [reply["seconds"] / jobs * 1e6 for reply in samples["original"]]
+    return {
+        "jobs": jobs,
+        "guard_us_per_enqueue": summary(guard_us),
+        "original_us_per_enqueue": summary(original_us),
+        "ratio": summary(ratios(guard_us, original_us)),
+    }
+
+
+def _setup_dependencies(runner: Any, url: str, path: str, settings: Settings) -> dict[str, Any]:
+    def run(guard: bool) -> dict[str, Any]:
+        return runner.call(  # type: ignore[no-any-return]
+            "setup_dependencies_ns", url=url, path=path, calls=settings.micro_calls, guard=guard
+        )
+
+    variants = {"guard": lambda: run(True), "original": lambda: run(False)}
+    original_fails = "error" in run(False)
+    if original_fails:
+        variants.pop("original")
+    samples = alternate(variants, settings.micro_rounds)
+    guard_ns = [reply["ns_per_call"] for reply in samples["guard"]]
+    result: dict[str, Any] = {"calls": settings.micro_calls, "guard_ns": summary(guard_ns)}
+    if original_fails:
+        result["original"] = "raises on this path (the defect the guard fixes here)"
+        return result
+    original_ns = [reply["ns_per_call"] for reply in samples["original"]]
+    result["original_ns"] = summary(original_ns)
+    result["guard_cost_ns"] = summary([g - o for g, o in zip(guard_ns, original_ns)])
+    return result

@@ -1,0 +1,191 @@
+"""The batches being timed: ways of putting N jobs on Q queues, each returning its wall time.
+
+Each function flushes the database first (untimed), so every batch writes into the same empty
+Redis. Jobs are ``noop(i)`` calls; no worker ever runs them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+QUEUE_NAMES = tuple(f"bench-{index}" for index in range(10))
+
+
+def noop(*args: Any) -> None:
+    """The job function: only its import path and arguments matter here."""
+
+
+class CountingConnectionMixin:
+    """Counts ``send_packed_command`` calls: each one is a write to the socket that RQ or we
+    wait on, i.e. one round trip (a pipeline's ``execute()`` is one, however long)."""
+
+    sends = 0
+
+    def send_packed_command(self, *args: Any, **kwargs: Any) -> Any:
+        CountingConnectionMixin.sends += 1
+        return super().send_packed_command(*args, **kwargs)  # type: ignore[misc]
+
+
+def connect(url: str, counting: bool = False) -> Any:
+    """A client on ``url`` with its connection already open (the handshake is never timed)."""
+    import redis
+
+    options: dict[str, Any] = {"socket_timeout": 300}  # the slowest batches outlast redis-py's 5 s default
+    if counting:
+        options["connection_class"] = type(
+            "CountingConnection", (CountingConnectionMixin, redis.Connection), {}
+        )
+    client = redis.Redis(connection_pool=redis.ConnectionPool.from_url(url, **options))
+    client.ping()
+    return client
+
+
+def queues(client: Any, count: int) -> list[Any]:
+    from rq import Queue
+
+    return [Queue(name, connection=client) for name in QUEUE_NAMES[:count]]
+
+
+def one_enqueue_per_job(client: Any, jobs: int, queue_count: int) -> float:
+    """(a) ``enqueue`` without a pipeline: RQ runs its own transactions, several round trips a job."""
+    targets = queues(client, queue_count)
+    client.flushdb()
+    start = time.perf_counter()
+    for index in range(jobs):
+        targets[index % queue_count].enqueue(noop, index)
+    return time.perf_counter() - start
+
+
+def enqueue_many_per_queue(client: Any, jobs: int, queue_count: int) -> float:
+    """(b) one ``enqueue_many`` per queue, each RQ's own pipeline."""
+    from rq import Queue
+
+    targets = queues(client, queue_count)
+    client.flushdb()
+    start = time.perf_counter()
+    for offset, queue in enumerate(targets):
+        queue.enqueue_many([Queue.prepare_data(noop, (index,)) for index in range(offset, jobs, queue_count)])
+    return time.perf_counter() - start
+
+
+def shared_pipeline(client: Any, jobs: int, queue_count: int) -> float:
+    """(c)/(d) every job ``enqueue_call``-ed into one caller's pipeline, one ``execute()``."""
+    targets = queues(client, queue_count)
+    client.flushdb()
+    start = time.perf_counter()
+    pipe = client.pipeline()
+    for index in range(jobs):
+        targets[index % queue_count].enqueue_call(noop, args=(index,), pipeline=pipe)
+    pipe.execute()
+    return time.perf_counter() - start
+
+
+# The job hash fields RQ writes empty for a job that has not run.
+_EMPTY_FIELDS = dict.fromkeys(
+    ("success_callback_name", "failure_callback_name", "stopped_callback_name", "started_at", "ended_at",
+     "last_heartbeat", "worker_name", "group_id"),
+    "",
+)  # fmt: skip
+
+
+def raw_pipeline(client: Any, jobs: int, queue_count: int) -> float:
+    """(e) the floor: redis-py alone writing what RQ writes per job (the job hash with RQ's
+    fields, RPUSH onto the queue, SADD to the set of queues), ids and timestamps included."""
+    client.flushdb()
+    names = QUEUE_NAMES[:queue_count]
+    data = b"x" * 70  # about the size of RQ's compressed pickle of noop(i)
+    start = time.perf_counter()
+    pipe = client.pipeline()
+    for index in range(jobs):
+        name = names[index % queue_count]
+        job_id = str(uuid.uuid4())
+        stamp = datetime.now(timezone.utc).isoformat()
+        fields = {**_EMPTY_FIELDS, "created_at": stamp, "data": data, "origin": name, "timeout": 180,
+                  "description": f"noop({index})", "enqueued_at": stamp, "status": "queued"}  # fmt: skip
+        pipe.hset(f"rq:job:{job_id}", mapping=fields)
+        pipe.rpush(f"rq:queue:{name}", job_id)
+        pipe.sadd("rq:queues", f"rq:queue:{name}")
+    pipe.execute()
+    return time.perf_counter() - start
+
+
+def fresh_pipeline_per_enqueue(client: Any, jobs: int) -> float:
+    """One ``enqueue_call`` per fresh pipeline, executed at once: the only way the original
+    ``setup_dependencies`` of a defective release (D1) can be driven through a caller's pipeline."""
+    (queue,) = queues(client, 1)
+    client.flushdb()
+    start = time.perf_counter()
+    for index in range(jobs):
+        pipe = client.pipeline()
+        queue.enqueue_call(noop, args=(index,), pipeline=pipe)
+        pipe.execute()
+    return time.perf_counter() - start
+
+
+def enqueues_into_shared_pipeline(client: Any, jobs: int) -> float:
+    """Only the ``enqueue_call`` loop into one pipeline (no I/O); its ``execute()`` is not timed."""
+    (queue,) = queues(client, 1)
+    client.flushdb()
+    pipe = client.pipeline()
+    start = time.perf_counter()
+    for index in range(jobs):
+        queue.enqueue_call(noop, args=(index,), pipeline=pipe)
+    elapsed = time.perf_counter() - start
+    pipe.execute()
+    return elapsed
+
+
+def enqueue_dependency_pattern(pipe: Any, targets: list[Any], jobs: int) -> list[Any]:
+    """Into ``pipe``: every other job depends on the one just before it, which is only buffered
+    in the same pipeline, so it is DEFERRED; jobs rotate over ``targets``."""
+    created: list[Any] = []
+    previous = None
+    for index in range(jobs):
+        depends_on = previous if index % 2 else None
+        previous = targets[index % len(targets)].enqueue_call(
+            noop, args=(index,), depends_on=depends_on, pipeline=pipe
+        )
+        created.append(previous)
+    return created
+
+
+def dependent_enqueues(client: Any, jobs: int, queue_count: int) -> float:
+    """The dependency pattern, ``enqueue_call`` by ``enqueue_call``, in one caller's pipeline."""
+    targets = queues(client, queue_count)
+    client.flushdb()
+    start = time.perf_counter()
+    pipe = client.pipeline()
+    enqueue_dependency_pattern(pipe, targets, jobs)
+    pipe.execute()
+    return time.perf_counter() - start
+
+
+def dependent_enqueue_many(client: Any, jobs: int) -> float:
+    """The same pattern as one ``enqueue_many`` on one queue into the caller's pipeline."""
+    from rq import Queue
+
+    (queue,) = queues(client, 1)
+    client.flushdb()
+    ids = [str(uuid.uuid4()) for _ in range(jobs)]
+    start = time.perf_counter()
+    pipe = client.pipeline()
+    data = [
+        Queue.prepare_data(
+            noop, (index,), job_id=ids[index], depends_on=ids[index - 1] if index % 2 else None
+        )
+        for index in range(jobs)
+    ]
+    queue.enqueue_many(data, pipeline=pipe)
+    pipe.execute()
+    return time.perf_counter() - start
+
+
+def deferred_and_queued(client: Any, queue_count: int) -> tuple[int, int]:
+    """How many jobs ended up DEFERRED and how many queued, over the benchmark's queues."""
+    names = QUEUE_NAMES[:queue_count]
+    deferred = sum(client.zcard(f"rq:deferred:{name}") for name in names)
+    queued = sum(client.llen(f"rq:queue:{name}") for name in names)
+    return deferred, queued
