@@ -27,24 +27,26 @@ REPO = Path(__file__).resolve().parents[1]
 # Combinations kept out of tox.ini's env_list, each checked by a real run (see the docs page).
 NOT_SUPPORTED: tuple[tuple[str, str, str], ...] = (
     (
-        "rq 1.9.x on Python 3.12+",
-        "py312-rq19-redis7",
+        "rq 1.9.x on Python 3.12+ without setuptools",
+        "a venv with only rq==1.9.0",
         "rq 1.9 imports `distutils` (rq/queue.py, job.py, worker.py), removed from the standard library "
-        "in Python 3.12: `import rq` raises ModuleNotFoundError. 1.10 and later do not.",
+        "in Python 3.12: `import rq` raises ModuleNotFoundError. With setuptools installed (its distutils "
+        "shim) it imports and works: the rq19 cells install it, so `py313-rq19-redis7` runs the suite. "
+        "1.10 and later do not import distutils.",
     ),
     (
         "rq 2.9+ / 3.0 on Python 3.9",
-        "py39-rq30-redis5",
+        "`py39-rq30-redis5`",
         "their metadata says Requires-Python >=3.10: the resolver finds no rq==3.0.0 for 3.9.",
     ),
     (
         "redis-py 7.1+ / 8.x on Python 3.9",
-        "py39-rq116-redis8",
+        "`py39-rq116-redis8`",
         "redis-py 7.1 and later require Python >=3.10 (a redis7 cell on 3.9 gets 7.0.1).",
     ),
     (
         "rq 3.0 with redis-py 4.x",
-        "py311-rq30-redis4",
+        "`py311-rq30-redis4`",
         "rq 3.0.0 requires redis >=5.0.1.",
     ),
     (
@@ -211,7 +213,7 @@ def render(cells: list[Cell], parity: dict[str, Any] | None, generated: str) -> 
         "| combination | checked with | why |",
         "|---|---|---|",
     ]
-    out += [f"| {what} | `{env}` | {why} |" for what, env, why in NOT_SUPPORTED]
+    out += [f"| {what} | {env} | {why} |" for what, env, why in NOT_SUPPORTED]
     out.append("")
 
     if parity:
