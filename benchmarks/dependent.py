@@ -45,6 +45,9 @@ def _mode(mode: str, samples: dict[str, list[dict[str, Any]]], settings: Setting
         last = replies[-1]
         sizes[str(size)] = {
             "us_per_job": summary(per_job),
+            # where it goes: enqueueing (RQ + our dependency checks) vs the caller's execute()
+            "enqueue_us_per_job": summary([reply["enqueue_seconds"] / size * 1e6 for reply in replies]),
+            "execute_us_per_job": summary([reply["execute_seconds"] / size * 1e6 for reply in replies]),
             # socket writes during the batch, less the one execute(): what the dependency checks cost
             "round_trips_per_dependent_job": (last["round_trips"] - 1) / dependents,
             "round_trips_per_batch": last["round_trips"],

@@ -23,7 +23,17 @@ def measure(runner: Any, url: str, settings: Settings) -> dict[str, Any]:
         result["enqueue"][driving] = _enqueue(runner, url, driving, jobs, settings.guard_rounds)
     for path in ("multi", "fresh"):
         result["setup_dependencies"][path] = _setup_dependencies(runner, url, path, settings)
+    for driving, path in (("fresh_pipeline", "fresh"), ("shared_pipeline", "multi")):
+        _add_implied_ratio(result["enqueue"][driving], result["setup_dependencies"][path])
     return result
+
+
+def _add_implied_ratio(enqueue: dict[str, Any], call: dict[str, Any]) -> None:
+    """The ratio the guard's measured cost per call implies for one enqueue: a cross-check of the
+    end-to-end ratio that load on the machine cannot blur (it is a difference of two tight loops)."""
+    if "original_us_per_enqueue" in enqueue and "guard_cost_ns" in call:
+        cost_us = call["guard_cost_ns"]["median"] / 1000
+        enqueue["implied_ratio"] = 1 + cost_us / enqueue["original_us_per_enqueue"]["median"]
 
 
 def _enqueue(runner: Any, url: str, driving: str, jobs: int, rounds: int) -> dict[str, Any]:

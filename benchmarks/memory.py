@@ -98,7 +98,7 @@ def repeated(url: str, jobs: int, batches: int) -> dict[str, Any]:
         rss.append(_current_rss_bytes())
     traced_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    steady = list(range(1, batches))  # the first batch fills caches once
+    steady = list(range(max(1, batches // 4), batches))  # the first batches fill caches once (~10 KiB)
     traced_slope, _ = linear_fit(steady, [traced[i] for i in steady])
     rss_slope, _ = linear_fit(steady, [rss[i] for i in steady])
     return {
@@ -107,6 +107,7 @@ def repeated(url: str, jobs: int, batches: int) -> dict[str, Any]:
         "traced_kib_after_each": [value / 1024 for value in traced],
         "rss_mib_after_each": [value / MIB for value in rss],
         "traced_peak_bytes": traced_peak,
+        "growth_fitted_from_batch": steady[0] + 1,
         "traced_growth_bytes_per_batch": traced_slope,
         "rss_growth_bytes_per_batch": rss_slope,
         "bookkeeping_entries_while_pipeline_alive": alive,

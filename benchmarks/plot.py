@@ -16,6 +16,8 @@ NAMES = {
     "c_rq22": "(c) on\nRQ 2.2",
 }
 
+MODE_COLOURS = {"enqueue": "tab:blue", "enqueue_many": "tab:green"}
+
 
 def _errors(stats: list[dict[str, Any]]) -> list[list[float]]:
     return [[s["median"] - s["q1"] for s in stats], [s["q3"] - s["median"] for s in stats]]
@@ -23,6 +25,9 @@ def _errors(stats: list[dict[str, Any]]) -> list[list[float]]:
 
 def _throughput(axis: Any, results: dict[str, Any]) -> None:
     sections = results.get("throughput") or {}
+    if not sections:
+        axis.set_visible(False)
+        return
     width = 0.8 / max(1, len(sections))
     names = [name for name in NAMES if any(name in s["jobs_per_second"] for s in sections.values())]
     for offset, (latency, section) in enumerate(sections.items()):
@@ -75,20 +80,27 @@ def _guard(axis: Any, results: dict[str, Any]) -> None:
 
 
 def _startup(axis: Any, results: dict[str, Any]) -> None:
-    deltas = (results.get("startup") or {}).get("delta_ms", {})
+    deltas = (results.get("startup") or {}).get("cpu_delta_ms", {})
     items = [(name.replace(" - ", "\nminus "), stats) for name, stats in deltas.items()]
-    _ratio_bars(axis, "2. Start-up added by import rq_pipeline_fix (ms)", items, 3.0, " ms")
+    _ratio_bars(axis, "2. Start-up CPU time added by rq_pipeline_fix (ms)", items, 3.0, " ms")
 
 
 def _dependent(axis: Any, results: dict[str, Any]) -> None:
+    if not results.get("dependent"):
+        axis.set_visible(False)
+        return
     for mode, section in (results.get("dependent") or {}).items():
         sizes = [int(size) for size in section["sizes"]]
         stats = [figures["us_per_job"] for figures in section["sizes"].values()]
-        axis.errorbar(
-            sizes, [s["median"] for s in stats], yerr=_errors(stats), marker="o", capsize=2, label=mode
+        colour = MODE_COLOURS.get(mode)
+        axis.errorbar(sizes, [s["median"] for s in stats], yerr=_errors(stats), marker="o", capsize=2,
+                      color=colour, label=f"{mode}: total")  # fmt: skip
+        execute = [figures["execute_us_per_job"]["median"] for figures in section["sizes"].values()]
+        axis.plot(
+            sizes, execute, linestyle="--", marker=".", color=colour, label=f"{mode}: of which execute()"
         )
         server = [figures["server_watch_us_per_dependent_job"] / 2 for figures in section["sizes"].values()]
-        axis.plot(sizes, server, linestyle=":", marker=".", label=f"{mode}: server WATCH time per job")
+        axis.plot(sizes, server, linestyle=":", marker=".", color=colour, label=f"{mode}: Redis's WATCH time")
     axis.set_xscale("log")
     sizes = results["settings"]["dependent_sizes"]
     axis.set_xticks(sizes, [f"{size:,}" for size in sizes])

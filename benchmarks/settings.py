@@ -35,9 +35,9 @@ class Settings:
 
 
 FULL = Settings(
-    guard_rounds=15,
-    guard_jobs=2000,
-    guard_shared_jobs=5000,
+    guard_rounds=60,
+    guard_jobs=500,
+    guard_shared_jobs=1000,
     micro_rounds=10,
     micro_calls=200_000,
     startup_runs=40,
@@ -54,9 +54,9 @@ FULL = Settings(
 )
 
 QUICK = Settings(
-    guard_rounds=3,
-    guard_jobs=300,
-    guard_shared_jobs=1000,
+    guard_rounds=6,
+    guard_jobs=100,
+    guard_shared_jobs=300,
     micro_rounds=3,
     micro_calls=20_000,
     startup_runs=6,
@@ -68,6 +68,6 @@ QUICK = Settings(
     dependent_rounds=1,
     dependent_sizes=(200, 1000, 2000),
     memory_jobs=5000,
-    memory_batches=5,
+    memory_batches=8,
     memory_batch_jobs=300,
 )

@@ -96,11 +96,13 @@ def setup_dependencies_ns(url: str, path: str, calls: int, guard: bool) -> dict[
     job = Job.create(workload.noop, connection=client)
     pipe = client.pipeline()
     pipe.multi()
+    reset = path == "fresh"
     try:
+        if reset:
+            pipe.explicit_transaction = False
         queue.setup_dependencies(job, pipeline=pipe)  # on RQ < 2.3 the original refuses the MULTI path
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
-    reset = path == "fresh"
     gc.disable()  # a collection landing in one variant's loop is noise, not cost
     try:
         start = time.perf_counter_ns()
@@ -125,16 +127,18 @@ def dependent(url: str, mode: str, jobs: int, queues: int) -> dict[str, Any]:
     client.config_resetstat()
     before = workload.CountingConnectionMixin.sends
     if mode == "enqueue_many":
-        seconds = workload.dependent_enqueue_many(client, jobs)
+        enqueue_seconds, execute_seconds = workload.dependent_enqueue_many(client, jobs)
         queue_count = 1
     else:
-        seconds = workload.dependent_enqueues(client, jobs, queues)
+        enqueue_seconds, execute_seconds = workload.dependent_enqueues(client, jobs, queues)
         queue_count = queues
     sends = workload.CountingConnectionMixin.sends - before - 1  # the flushdb before the clock started
     stats = client.info("commandstats").get("cmdstat_watch", {})
     deferred, queued = workload.deferred_and_queued(client, queue_count)
     return {
-        "seconds": seconds,
+        "seconds": enqueue_seconds + execute_seconds,
+        "enqueue_seconds": enqueue_seconds,
+        "execute_seconds": execute_seconds,
         "round_trips": sends,
         "watch_calls": int(stats.get("calls", 0)),
         "watch_usec": int(stats.get("usec", 0)),
