@@ -59,6 +59,14 @@ def point_redis_defaults_at(port: int) -> None:
         raise pytest.UsageError(f"parity: Redis() still connects to port {actual}, not {port}")
 
 
+def _is_wrapt_proxy(value: object) -> bool:
+    # wrapt's C types say their module is "_wrappers", its pure-Python ones "wrapt.<module>"
+    if type(value).__module__.split(".")[0] in ("wrapt", "_wrappers"):
+        return True
+    wrapt = sys.modules.get("wrapt")  # not imported: no proxy of its can exist
+    return wrapt is not None and isinstance(value, wrapt.ObjectProxy)
+
+
 def wrapt_wrappers_in_rq() -> list[str]:
     """Every attribute of a class in a loaded rq module that is a wrapt proxy."""
     found = []
@@ -69,7 +77,7 @@ def wrapt_wrappers_in_rq() -> list[str]:
             if not inspect.isclass(cls) or cls.__module__ != name:
                 continue
             for attribute, value in vars(cls).items():
-                if type(value).__module__.startswith("wrapt"):
+                if _is_wrapt_proxy(value):
                     found.append(f"{name}.{cls.__name__}.{attribute}")
     return found
 
@@ -137,6 +145,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "rq": metadata.version("rq"),
         "redis": metadata.version("redis"),
         "status": _status,
+        "wrapped": wrapt_wrappers_in_rq(),  # the rq methods the guard wraps (none when bare)
         "verified": not _problems,
         "problems": _problems,
         "exitstatus": int(exitstatus),

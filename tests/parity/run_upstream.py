@@ -107,6 +107,8 @@ class ReleaseResult:
         if self.skipped:
             return []
         found = [f"{self.release}: the guard adds failure {test_id}" for test_id in self.added_by_guard]
+        missing = sorted(set(self.runs["bare"].outcomes) - set(self.runs["guard"].outcomes))
+        found.extend(f"{self.release}: not run with the guard: {test_id}" for test_id in missing)
         if self.seed_outcome("guard") != "passed":
             found.append(f"{self.release}: seed test {self.seed_outcome('guard')} with the guard")
         for run in self.runs.values():
