@@ -164,8 +164,8 @@ def render(cells: list[Cell], parity: dict[str, Any] | None, generated: str) -> 
         "*Detected*: the defects the behaviour probes found in that RQ; *patched*: those the guard fixes",
         "there (`rq_pipeline_fix.status()`). Defects are described in the README.",
         "",
-        "| RQ | redis-py | Python | fakeredis | detected | patched | tests | result | time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| env | RQ | redis-py | Python | fakeredis | detected | patched | tests | result | time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         rq = c.rq or _factor(c.env, "rq") + ".x"
@@ -175,15 +175,20 @@ def render(cells: list[Cell], parity: dict[str, Any] | None, generated: str) -> 
         python = c.python or _factor(c.env, "py")
         detected, patched = _ids(c.defects, "detected"), _ids(c.defects, "patched")
         out.append(
-            f"| {rq} | {redis} | {python} | {c.fakeredis or ''} | {detected} | {patched} | "
+            f"| `{c.env}` | {rq} | {redis} | {python} | {c.fakeredis or ''} | {detected} | {patched} | "
             f"{_outcomes(c)} | {result} | {seconds} |"
         )
-    out += ["", "Env names: `py<python>-rq<line>-redis<major>[-fakeredis]`, e.g. `py311-rq22-redis5`.", ""]
+    out += [
+        "",
+        "Env names: `py<python>-rq<line>-redis<major>[-fakeredis210]`; run one with `tools/tox.sh -e ENV`.",
+        "*time*: tox's wall time for the env (install and tests), two envs at a time on 2 cores.",
+        "",
+    ]
 
     out += [
         "## Defects per RQ line",
         "",
-        "P: detected and patched; d: detected, not patched; -: not present.",
+        "P: detected and patched; d: detected, not patched; -: not present; ?: the probe could not tell.",
         "",
     ]
     out += ["| RQ | " + " | ".join(defect_ids) + " |", "|---|" + "---|" * len(defect_ids)]
