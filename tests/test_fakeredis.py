@@ -3,7 +3,7 @@
 Many users test their RQ code on fakeredis, whose pipelines subclass redis-py's. Each test here
 runs a scenario of DEFECTS.md on a fresh in-memory server and checks the final state: queues,
 job statuses, the deferred registry, dependents sets and the order a SimpleWorker ran the jobs.
-Skipped when fakeredis is not installed (the test extra installs it; tox.ini's fakeredis210
+Skipped when fakeredis is not installed (the test extra installs it; tox.ini's fakeredis220
 cells run it on an old fakeredis too).
 """
 

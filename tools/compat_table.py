@@ -50,6 +50,18 @@ NOT_SUPPORTED: tuple[tuple[str, str, str], ...] = (
         "rq 3.0.0 requires redis >=5.0.1.",
     ),
     (
+        "RQ 1.9 workers on fakeredis < 2.29",
+        "rq 1.9.0, fakeredis 2.10 ... 2.28",
+        "RQ 1.9's `Worker()` sends CLIENT SETNAME / CLIENT LIST, which fakeredis before 2.29 answers "
+        "with `unknown command client`; enqueueing works, running jobs does not, with or without the "
+        "guard. RQ 1.11+ workers run on fakeredis 2.20 (the `fakeredis220` cells).",
+    ),
+    (
+        "fakeredis < 2.20 with redis-py 5+",
+        "fakeredis 2.10, 2.15 on redis-py 5.3",
+        "`import fakeredis` fails (`No module named 'redis.parsers'`); its metadata allows it anyway.",
+    ),
+    (
         "redis-py 6.0.0",
         "-",
         "excluded by rq >=2.3.3 (`redis!=6.0.0` / `!=6`); every redis6 cell resolves to 6.4.0.",
@@ -180,7 +192,7 @@ def render(cells: list[Cell], parity: dict[str, Any] | None, generated: str) -> 
         )
     out += [
         "",
-        "Env names: `py<python>-rq<line>-redis<major>[-fakeredis210]`; run one with `tools/tox.sh -e ENV`.",
+        "Env names: `py<python>-rq<line>-redis<major>[-fakeredis220]`; run one with `tools/tox.sh -e ENV`.",
         "*time*: tox's wall time for the env (install and tests), two envs at a time on 2 cores.",
         "",
     ]
