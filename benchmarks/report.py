@@ -75,7 +75,9 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
         for name, stats in startup["wall_delta_ms"].items():
             rows.append(_median_row(f"2. start-up wall clock: {name}", stats, "ms"))
         for name, stats in startup["import_statement_cpu_ms"].items():
-            rows.append(_median_row(f"2. CPU of the import statement, timed in the child, {name}", stats, "ms"))
+            rows.append(
+                _median_row(f"2. CPU of the import statement, timed in the child, {name}", stats, "ms")
+            )
         imported = startup["modules_after_import_rq_pipeline_fix"]
         rows.append(
             _row(

@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "rq": environment["rq"],
         "redis_py": environment["redis_py"],
+        "hiredis": environment["hiredis"],
         "redis_server": redis_server,
         "rq_pipeline_fix_status": rq_pipeline_fix.status().note,
         "cpus": os.cpu_count(),

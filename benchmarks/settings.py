@@ -35,7 +35,7 @@ class Settings:
 
 
 FULL = Settings(
-    guard_rounds=60,
+    guard_rounds=40,
     guard_jobs=500,
     guard_shared_jobs=1000,
     micro_rounds=10,
@@ -46,11 +46,11 @@ FULL = Settings(
     throughput_queues=10,
     slow_jobs=1000,
     added_rtt_ms=1.0,
-    dependent_rounds=3,
+    dependent_rounds=2,
     dependent_sizes=(1000, 10_000, 50_000),
     memory_jobs=100_000,
     memory_batches=20,
-    memory_batch_jobs=2000,
+    memory_batch_jobs=1000,
 )
 
 QUICK = Settings(

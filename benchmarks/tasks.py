@@ -31,6 +31,7 @@ def set_guard(on: bool) -> None:
 
 def environment() -> dict[str, Any]:
     import redis
+    import redis.utils
     import rq
 
     import rq_pipeline_fix
@@ -40,6 +41,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "rq": rq.__version__,
         "redis_py": redis.__version__,
+        "hiredis": bool(getattr(redis.utils, "HIREDIS_AVAILABLE", False)),  # redis-py packs and parses in C
         "guard": status.note,
         "defects_patched": sorted(d.id for d in status.defects if d.patched),
     }
