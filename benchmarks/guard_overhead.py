@@ -47,11 +47,14 @@ def _enqueue(runner: Any, url: str, driving: str, jobs: int, rounds: int) -> dic
     samples = alternate({"guard": lambda: run(True), "original": lambda: run(False)}, rounds)
     guard_us = [reply["seconds"] / jobs * 1e6 for reply in samples["guard"]]
     original_us = [reply["seconds"] / jobs * 1e6 for reply in samples["original"]]
+    guard_cpu = [reply["cpu_seconds"] for reply in samples["guard"]]
+    original_cpu = [reply["cpu_seconds"] for reply in samples["original"]]
     return {
         "jobs": jobs,
         "guard_us_per_enqueue": summary(guard_us),
         "original_us_per_enqueue": summary(original_us),
         "ratio": summary(ratios(guard_us, original_us)),
+        "cpu_ratio": summary(ratios(guard_cpu, original_cpu)),
     }
 
 

@@ -80,10 +80,11 @@ def guard_enqueue(url: str, driving: str, jobs: int, guard: bool) -> dict[str, A
         else workload.enqueues_into_shared_pipeline
     )
     try:
-        return {"seconds": drive(client, jobs)}
+        seconds, cpu_seconds = drive(client, jobs)
     except Exception as exc:  # RQ < 2.3 without the guard: nested MULTI (D1) in a shared pipeline
         client.connection_pool.disconnect()
         return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds}
 
 
 def setup_dependencies_ns(url: str, path: str, calls: int, guard: bool) -> dict[str, Any]:

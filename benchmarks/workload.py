@@ -112,30 +112,33 @@ def raw_pipeline(client: Any, jobs: int, queue_count: int) -> float:
     return time.perf_counter() - start
 
 
-def fresh_pipeline_per_enqueue(client: Any, jobs: int) -> float:
+def fresh_pipeline_per_enqueue(client: Any, jobs: int) -> tuple[float, float]:
     """One ``enqueue_call`` per fresh pipeline, executed at once: the only way the original
-    ``setup_dependencies`` of a defective release (D1) can be driven through a caller's pipeline."""
+    ``setup_dependencies`` of a defective release (D1) can be driven through a caller's pipeline.
+    Returns wall-clock and this process's CPU seconds (the guard adds CPU only; the CPU clock
+    does not count time spent waiting for a core that other work on the machine holds)."""
     (queue,) = queues(client, 1)
     client.flushdb()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for index in range(jobs):
         pipe = client.pipeline()
         queue.enqueue_call(noop, args=(index,), pipeline=pipe)
         pipe.execute()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
-def enqueues_into_shared_pipeline(client: Any, jobs: int) -> float:
-    """Only the ``enqueue_call`` loop into one pipeline (no I/O); its ``execute()`` is not timed."""
+def enqueues_into_shared_pipeline(client: Any, jobs: int) -> tuple[float, float]:
+    """Only the ``enqueue_call`` loop into one pipeline (no I/O); its ``execute()`` is not timed.
+    Returns wall-clock and CPU seconds."""
     (queue,) = queues(client, 1)
     client.flushdb()
     pipe = client.pipeline()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for index in range(jobs):
         queue.enqueue_call(noop, args=(index,), pipeline=pipe)
-    elapsed = time.perf_counter() - start
+    elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
     pipe.execute()
-    return elapsed
+    return elapsed, elapsed_cpu
 
 
 def enqueue_dependency_pattern(pipe: Any, targets: list[Any], jobs: int) -> list[Any]:
