@@ -35,13 +35,13 @@ class Settings:
 
 
 FULL = Settings(
-    guard_rounds=40,
+    guard_rounds=30,
     guard_jobs=500,
     guard_shared_jobs=1000,
     micro_rounds=10,
     micro_calls=200_000,
     startup_runs=40,
-    throughput_rounds=5,
+    throughput_rounds=4,
     throughput_jobs=10_000,
     throughput_queues=10,
     slow_jobs=1000,
