@@ -122,6 +122,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     stats = getattr(reporter, "stats", {})
     counted = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "deselected")
     counts = {outcome: len(stats[outcome]) for outcome in counted if stats.get(outcome)}
+    failing = sorted({report.nodeid for outcome in ("failed", "error") for report in stats.get(outcome, [])})
     versions: dict[str, str | None] = {}
     for distribution in ("rq", "redis", "fakeredis", "pytest"):
         try:
@@ -135,6 +136,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "versions": versions,
         "status": rq_pipeline_fix.status().to_dict(),
         "outcomes": counts,
+        "failing": failing,
         "exitstatus": int(exitstatus),
     }
     os.makedirs(directory, exist_ok=True)

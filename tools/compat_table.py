@@ -78,6 +78,7 @@ class Cell:
     redis: str = ""
     fakeredis: str | None = None
     outcomes: dict[str, int] = field(default_factory=dict)
+    failing: list[str] = field(default_factory=list)
     exitstatus: int | None = None
     defects: list[dict[str, Any]] = field(default_factory=list)
     active: bool | None = None
@@ -129,6 +130,7 @@ def load_cells(results: Path, tox_json: Path | None, tox_ini: Path) -> list[Cell
         cell.redis = data["versions"].get("redis") or ""
         cell.fakeredis = data["versions"].get("fakeredis")
         cell.outcomes = data["outcomes"]
+        cell.failing = data.get("failing", [])
         cell.exitstatus = data["exitstatus"]
         cell.defects = data["status"].get("defects", [])
         cell.active = data["status"].get("active")
@@ -224,6 +226,17 @@ def render(cells: list[Cell], parity: dict[str, Any] | None, generated: str, tre
             )
         out.append(f"| {rq} | " + " | ".join(marks) + " |")
     out.append("")
+
+    by_test: dict[str, list[str]] = {}
+    for c in cells:
+        for test_id in c.failing:
+            by_test.setdefault(test_id, []).append(c.env)
+    if by_test:
+        out += ["## Failing tests", "", "| test | envs |", "|---|---|"]
+        out += [
+            f"| `{t}` | {', '.join(envs)} |" for t, envs in sorted(by_test.items(), key=lambda i: -len(i[1]))
+        ]
+        out.append("")
 
     out += [
         "## Combinations that cannot install or run",
