@@ -137,3 +137,30 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def enqueue_chain_after_a_command(queue_names: list[str]) -> int:
+    """A job for a real worker: says which process runs it (a work horse is a fork of the worker),
+    then enqueues through one shared pipeline, after a command of its own, a chain across
+    ``queue_names`` (each job depending on the one before: the guard's dependency path)."""
+    import os
+
+    from rq import Queue, get_current_job
+
+    from tests.jobs import record
+
+    job = get_current_job()
+    assert job is not None
+    connection = job.connection
+    connection.hset("work-horse", mapping={"pid": os.getpid(), "ppid": os.getppid()})
+    with connection.pipeline() as pipe:
+        pipe.incr("chains")
+        previous = None
+        for name in queue_names:
+            label = f"chain-{name}"
+            queue = Queue(name, connection=connection)
+            previous = queue.enqueue_call(
+                record, args=(label,), job_id=label, depends_on=previous, pipeline=pipe
+            )
+        pipe.execute()
+    return len(queue_names)
