@@ -87,7 +87,7 @@ def traced_peak(url: str, jobs: int) -> dict[str, Any]:
 
 def repeated(url: str, jobs: int, batches: int) -> dict[str, Any]:
     """``batches`` batches of the dependency pattern, each in its own pipeline: traced memory and
-    RSS after each one, and the per-pipeline bookkeeping (``pipelines._buffered_by_pipeline``,
+    RSS after each one, and the per-pipeline bookkeeping (``pipelines._notes_by_pipeline``,
     keyed weakly by pipeline) while the pipeline lives and after it is gone."""
     from rq_pipeline_fix import pipelines
 
@@ -98,11 +98,11 @@ def repeated(url: str, jobs: int, batches: int) -> dict[str, Any]:
         client.flushdb()
         pipe = client.pipeline()
         created = workload.enqueue_dependency_pattern(pipe, targets, jobs)
-        alive.append(len(pipelines._buffered_by_pipeline))
+        alive.append(len(pipelines._notes_by_pipeline))
         pipe.execute()
         del pipe, created
         gc.collect()
-        released.append(len(pipelines._buffered_by_pipeline))
+        released.append(len(pipelines._notes_by_pipeline))
         traced.append(tracemalloc.get_traced_memory()[0])
         rss.append(_current_rss_bytes())
     traced_peak = tracemalloc.get_traced_memory()[1]

@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .pipelines import buffered_hash_keys, start_transaction, watch_and_read
+from .pipelines import buffered_hash_keys, start_transaction, watched_field
 
 
 def setup_in_transaction(queue: Any, job: Any, pipe: Any) -> Any:
     """``Queue.setup_dependencies`` for a pipeline in MULTI or holding buffered commands."""
     start_transaction(pipe)
-    if not unfinished_parents([job], pipe)[0]:
+    if not must_wait([job], pipe)[0]:
         return job
     from rq.job import JobStatus
 
@@ -36,39 +36,34 @@ def split_in_transaction(
     dependency_class: Any, jobs: Iterable[Any], pipe: Any
 ) -> tuple[list[Any], list[Any]]:
     """``Dependency.get_jobs_with_met_dependencies`` for the caller's pipeline: registers every
-    job as its parents' dependent (as RQ does) and splits them into (met, unmet), with one round
-    trip for the whole batch and no ``execute()``."""
+    job as its parents' dependent (as RQ does) and splits them into (met, unmet), with at most one
+    round trip for the whole batch and no ``execute()``."""
     start_transaction(pipe)
     jobs = list(jobs)
     for job in jobs:
         job.register_dependency(pipeline=pipe)
-    blocked = unfinished_parents(jobs, pipe)
-    met = [job for job, parents in zip(jobs, blocked) if not parents]
-    unmet = [job for job, parents in zip(jobs, blocked) if parents]
-    return met, unmet
+    waits = must_wait(jobs, pipe)
+    return [job for job, wait in zip(jobs, waits) if not wait], [
+        job for job, wait in zip(jobs, waits) if wait
+    ]
 
 
-def unfinished_parents(jobs: list[Any], pipe: Any) -> list[list[str]]:
-    """For each job, the parents that keep it deferred, checked race-free inside the caller's
-    transaction (already started) in one round trip. A parent only buffered in this pipeline is
-    unfinished; a parent missing from Redis is ignored, as RQ ignores it."""
-    parent_keys = [[job.key_for(parent_id) for parent_id in job._dependency_ids] for job in jobs]
-    watched = [key for job, keys in zip(jobs, parent_keys) for key in (job.dependencies_key, *keys)]
-    all_parent_keys = [key for keys in parent_keys for key in keys]
-    if not all_parent_keys:
-        return [[] for _ in jobs]
-    replies = watch_and_read(
-        pipe, watch_keys=watched, reads=[("HGET", key, "status") for key in all_parent_keys]
-    )
-    status_by_key = dict(zip(all_parent_keys, replies))
+def must_wait(jobs: list[Any], pipe: Any) -> list[bool]:
+    """Whether each job has a parent that keeps it deferred, decided inside the caller's
+    transaction (already started) with at most one round trip.
+
+    A parent only buffered in this pipeline is unfinished whatever Redis holds, so a job with
+    one waits without anything being read. The other jobs' parents are WATCHed before their
+    status is read (``watched_field``); a parent missing from Redis is ignored, as RQ does.
+    """
     buffered = buffered_hash_keys(pipe)
+    parent_keys = [[job.key_for(parent_id) for parent_id in job._dependency_ids] for job in jobs]
+    waiting_on_batch = [any(key in buffered for key in keys) for keys in parent_keys]
+    to_read = [key for keys, waits in zip(parent_keys, waiting_on_batch) if not waits for key in keys]
+    statuses = watched_field(pipe, to_read, "status") if to_read else {}
     return [
-        [
-            parent_id
-            for parent_id, key in zip(job._dependency_ids, keys)
-            if key in buffered or not _is_met(status_by_key[key], job)
-        ]
-        for job, keys in zip(jobs, parent_keys)
+        waits or not all(_is_met(statuses[key], job) for key in keys)
+        for job, keys, waits in zip(jobs, parent_keys, waiting_on_batch)
     ]
 
 

@@ -7,6 +7,7 @@ is and the reason is said once, as a warning and a log record.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import warnings
@@ -146,9 +147,14 @@ def apply() -> Status:
     Imports ``rq.queue``. Safe to call any number of times, from any thread; never raises.
     """
     global _note
+    disabled, complaint = patching_disabled()
+    if not disabled:
+        # Import before taking our lock: a first `import rq` in another thread holds the
+        # module's import lock while its hook waits for ours (an ABBA deadlock otherwise).
+        with contextlib.suppress(Exception):  # _install says why rq cannot be used
+            import rq.queue  # noqa: F401
     with _lock:
         try:
-            disabled, complaint = patching_disabled()
             if complaint:
                 _say_once(complaint)
             if disabled:

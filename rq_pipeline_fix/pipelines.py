@@ -39,15 +39,28 @@ def start_transaction(pipe: Any) -> None:
     pipe.explicit_transaction = True
 
 
-def watch_and_read(pipe: Any, watch_keys: Sequence[str], reads: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """WATCH ``watch_keys`` on the connection that will run the pipeline's EXEC, then run the
-    read commands, in one round trip; returns the reads' replies.
+def watched_field(pipe: Any, keys: Sequence[Any], field: str) -> dict[Any, Any]:
+    """``HGET key field`` for each of ``keys``, each key WATCHed on the connection that will run
+    the pipeline's EXEC before it is read, so that a change to any of them before EXEC aborts
+    the caller's transaction. Keys already WATCHed and read in this transaction are not sent
+    again: their value cannot change without aborting it. At most one round trip."""
+    notes = notes_on(pipe)
+    missing = [key for key in dict.fromkeys(keys) if key not in notes.watched]
+    if missing:
+        replies = _watch_and_read(pipe, missing, [("HGET", key, field) for key in missing])
+        notes.watched.update(zip(missing, replies))
+    return {key: notes.watched[key] for key in keys}
 
-    WATCH goes first so that any change to those keys after the reads aborts the caller's EXEC.
+
+def _watch_and_read(pipe: Any, watch_keys: Sequence[Any], reads: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """WATCH, then the reads, pipelined in one round trip on the pipeline's own connection.
+
     The pipeline is flagged ``watching`` so that redis-py's ``reset()`` UNWATCHes before the
-    connection goes back to the pool, even if the caller never executes.
+    connection goes back to the pool, even if the caller never executes. A lost connection
+    loses the WATCH too: as redis-py does for its own WATCH, the pipeline is reset and
+    WatchError raised, so the batch is retried rather than committed unwatched.
     """
-    from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+    from redis.exceptions import ConnectionError, ResponseError, TimeoutError, WatchError
 
     conn = pipe.connection
     if conn is None:
@@ -62,9 +75,10 @@ def watch_and_read(pipe: Any, watch_keys: Sequence[str], reads: Sequence[tuple[A
                 replies.append(conn.read_response())
             except ResponseError as exc:
                 replies.append(exc)
-    except (ConnectionError, TimeoutError):
-        conn.disconnect()  # a dropped connection also dropped the WATCH: the caller must not EXEC on it
-        raise
+    except (ConnectionError, TimeoutError) as exc:
+        conn.disconnect()
+        pipe.reset()
+        raise WatchError(f"the connection was lost while WATCHing the dependencies: {exc}") from exc
     errors = [reply for reply in replies if isinstance(reply, ResponseError)]
     if errors:
         raise errors[0]
@@ -78,32 +92,40 @@ def _get_connection(pool: Any) -> Any:
         return pool.get_connection("WATCH")
 
 
-class _BufferedHashes:
-    """Keys of the hashes written so far by one pipeline's buffered commands."""
+class _Notes:
+    """What we know about one transaction of one pipeline: the hashes its buffered commands
+    write (e.g. job hashes saved earlier in the batch) and the keys we WATCHed, with the value
+    read right after."""
 
-    __slots__ = ("keys", "scanned", "stack")
+    __slots__ = ("buffered", "scanned", "stack", "watched")
 
     def __init__(self, stack: list[Any]) -> None:
-        self.stack = stack
+        self.stack = stack  # redis-py replaces the list on execute()/reset(): a new transaction
         self.scanned = 0
-        self.keys: set[Any] = set()
+        self.buffered: set[Any] = set()
+        self.watched: dict[Any, Any] = {}
 
 
-# Per pipeline, weakly: the bookkeeping goes when the caller's pipeline goes.
-_buffered_by_pipeline: weakref.WeakKeyDictionary[Any, _BufferedHashes] = weakref.WeakKeyDictionary()
+# Per pipeline, weakly: the notes go when the caller's pipeline goes.
+_notes_by_pipeline: weakref.WeakKeyDictionary[Any, _Notes] = weakref.WeakKeyDictionary()
 _HASH_WRITES = frozenset({"HSET", "HMSET", b"HSET", b"HMSET"})
 
 
-def buffered_hash_keys(pipe: Any) -> set[Any]:
-    """Keys written by HSET/HMSET among the pipeline's buffered commands (e.g. job hashes saved
-    earlier in the same batch). Only commands added since the last call are scanned, so a batch
-    of n dependent jobs costs O(total commands), not O(n x commands)."""
+def notes_on(pipe: Any) -> _Notes:
+    """The notes on the pipeline's current transaction, with the commands buffered since the
+    last call scanned (only those: a batch of n dependent jobs costs O(commands), not O(n x
+    commands))."""
     stack = pipe.command_stack
-    seen = _buffered_by_pipeline.get(pipe)
-    if seen is None or seen.stack is not stack or len(stack) < seen.scanned:  # new, or reset since
-        seen = _buffered_by_pipeline[pipe] = _BufferedHashes(stack)
-    for args, _options in stack[seen.scanned :]:
+    notes = _notes_by_pipeline.get(pipe)
+    if notes is None or notes.stack is not stack or len(stack) < notes.scanned:
+        notes = _notes_by_pipeline[pipe] = _Notes(stack)
+    for args, _options in stack[notes.scanned :]:
         if args and args[0] in _HASH_WRITES:
-            seen.keys.add(args[1])
-    seen.scanned = len(stack)
-    return seen.keys
+            notes.buffered.add(args[1])
+    notes.scanned = len(stack)
+    return notes
+
+
+def buffered_hash_keys(pipe: Any) -> set[Any]:
+    """Keys written by HSET/HMSET among the pipeline's buffered commands."""
+    return notes_on(pipe).buffered

@@ -230,6 +230,41 @@ def test_chain_run_by_rq_worker_burst_subprocess(connection: redis.Redis, redis_
     assert deferred_ids(cpu) == deferred_ids(out) == [] and io.count == cpu.count == out.count == 0
 
 
+def watch_calls(connection: redis.Redis) -> int:
+    return int(connection.info("commandstats").get("cmdstat_watch", {}).get("calls", 0))
+
+
+def test_parents_buffered_in_the_batch_cost_no_round_trip(connection: redis.Redis) -> None:
+    """Their status is never read (they are unfinished whatever Redis holds), so nothing is WATCHed."""
+    q = queue(connection)
+    pipe = pipeline_in_multi(connection)
+    previous = q.enqueue_call(record, args=("0",), pipeline=pipe)
+    connection.config_resetstat()
+    for label in "123":
+        previous = q.enqueue_call(record, args=(label,), depends_on=previous, pipeline=pipe)
+    assert watch_calls(connection) == 0
+    pipe.execute()
+    assert len(deferred_ids(q)) == 3
+    work(connection, q, queue(connection, "other"))
+    assert executed(connection) == ["0", "1", "2", "3", "first"]  # default before other, chain in order
+
+
+def test_a_parent_in_redis_is_watched_and_read_once_per_transaction(connection: redis.Redis) -> None:
+    parent = finished_parent(connection)
+    q = queue(connection)
+    pipe = pipeline_in_multi(connection)
+    connection.config_resetstat()
+    children = [q.enqueue_call(record, args=(str(i),), depends_on=parent, pipeline=pipe) for i in range(3)]
+    assert watch_calls(connection) == 1
+    pipe.execute()
+    assert q.job_ids == [child.id for child in children]
+    with connection.pipeline() as again:  # a new transaction on the same pipeline WATCHes anew
+        again.multi()
+        q.enqueue_call(record, args=("again",), depends_on=parent, pipeline=again)
+        assert watch_calls(connection) == 2
+        again.execute()
+
+
 # --- the race: a parent finishing between the check and the caller's EXEC --------------------
 
 
