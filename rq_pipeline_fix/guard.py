@@ -116,7 +116,7 @@ class Guard:
         self.patched = patched
 
     def __call__(self, wrapped: Action, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        subject, pipe = self.target.arguments(*args, **kwargs)
+        subject, pipe = self.target.subject_and_pipeline(args, kwargs)
         if not isinstance(pipe, Pipeline):  # None, or not a redis-py pipeline: RQ's own behaviour
             return wrapped(*args, **kwargs)
         decision = self.target.table_for(subject)[pipeline_state(pipe)]
@@ -138,22 +138,12 @@ class ScheduleThroughPipeline:
         self.patched = patched
 
     def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        _job, pipe = self.target.arguments(*args, **kwargs)
+        _job, pipe = self.target.subject_and_pipeline(args, kwargs)
         if not isinstance(pipe, Pipeline) or "D8" not in self.patched:
             return wrapped(*args, **kwargs)
         registry = copy.copy(instance)
         registry.connection = pipe
         return wrapped.__func__(registry, *args, **kwargs)
-
-
-def _first_and_pipeline(first: Any, pipeline: Any = None, *more: Any, **named: Any) -> tuple[Any, Any]:
-    return first, pipeline
-
-
-def _job_and_pipeline_after_datetime(
-    job: Any, datetime: Any, pipeline: Any = None, *more: Any, **named: Any
-) -> tuple[Any, Any]:
-    return job, pipeline
 
 
 def _setup_dependencies_table(job: Any) -> dict[PipelineState, Decision]:
@@ -170,7 +160,6 @@ class Target:
     name: str
     parameters: tuple[str, ...]
     defects: tuple[str, ...]
-    arguments: Callable[..., tuple[Any, Any]]  # (first argument, pipeline) of a call
     table_for: Callable[[Any], dict[PipelineState, Decision]] = lambda subject: {}
     more_parameters_ok: bool = False  # later RQ releases add trailing options we pass through
     wrapper: type = Guard
@@ -179,6 +168,15 @@ class Target:
     def label(self) -> str:
         return f"{self.owner}.{self.name}"
 
+    def subject_and_pipeline(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        """The call's first argument after self/cls (the job, jobs or job datas) and its pipeline,
+        passed by position or by name (RQ passes ``pipeline=`` by name)."""
+        names = self.parameters[1:]  # without self/cls, which wrapt passes apart
+        subject = args[0] if args else kwargs.get(names[0])
+        at = len(names) - 1  # the pipeline is the last parameter we know
+        pipe = kwargs.get("pipeline") if len(args) <= at else args[at]
+        return subject, pipe
+
 
 SETUP_DEPENDENCIES = Target(
     "rq.queue",
@@ -186,7 +184,6 @@ SETUP_DEPENDENCIES = Target(
     "setup_dependencies",
     ("self", "job", "pipeline"),
     ("D1", "D2", "D3"),
-    _first_and_pipeline,
     _setup_dependencies_table,
 )
 GET_JOBS_WITH_MET_DEPENDENCIES = Target(
@@ -195,7 +192,6 @@ GET_JOBS_WITH_MET_DEPENDENCIES = Target(
     "get_jobs_with_met_dependencies",
     ("cls", "jobs", "pipeline"),
     ("D4", "D5"),
-    _first_and_pipeline,
     lambda jobs: MET_DEPENDENCIES,
 )
 ENQUEUE_MANY = Target(
@@ -204,7 +200,6 @@ ENQUEUE_MANY = Target(
     "enqueue_many",
     ("self", "job_datas", "pipeline"),
     ("D6",),
-    _first_and_pipeline,
     lambda job_datas: ENQUEUE_MANY_WRITES,
     more_parameters_ok=True,
 )
@@ -214,7 +209,6 @@ SCHEDULE_JOB = Target(
     "schedule_job",
     ("self", "job", "datetime", "pipeline"),
     ("D7",),
-    _job_and_pipeline_after_datetime,
     lambda job: SCHEDULE_JOB_WRITES,
     more_parameters_ok=True,
 )
@@ -224,7 +218,6 @@ REGISTRY_SCHEDULE = Target(
     "schedule",
     ("self", "job", "scheduled_datetime", "pipeline"),
     ("D8",),
-    _job_and_pipeline_after_datetime,
     more_parameters_ok=True,
     wrapper=ScheduleThroughPipeline,  # one fix for every pipeline state: no table
 )

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 
-class PipelineState(enum.Enum):
+class PipelineState(str, enum.Enum):
+    __hash__ = str.__hash__  # Enum's own hash runs in Python; the guard looks states up per call
+
     FRESH = "fresh: no WATCH, nothing buffered"
     WATCHING = "WATCHing, not yet MULTI (immediate mode)"
     MULTI = "already MULTI"
