@@ -14,9 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from packaging.specifiers import SpecifierSet
-from packaging.version import InvalidVersion, Version
-
 
 class ProbeTouchedRedis(Exception):
     """The probed RQ code tried to talk to Redis, so the probe cannot tell what it would do."""
@@ -36,20 +33,20 @@ class TableVerdict(str, enum.Enum):
 class Defect:
     id: str
     title: str
-    affected: SpecifierSet  # RQ releases where the defect was measured
+    affected: str  # specifier of the RQ releases where the defect was measured
     method: str = "Queue.setup_dependencies"  # the RQ method that has it, and that we wrap
 
 
 # Every release up to this one was measured; later ones are judged by the probes alone.
-LAST_MEASURED_RQ = Version("3.0.0")
+LAST_MEASURED_RQ = "3.0.0"
 
 _CHECK = "Dependency.get_jobs_with_met_dependencies"  # enqueue_many's dependency check
-_SINCE_1_9 = SpecifierSet(">=1.9.0")  # pipeline= on enqueue calls arrived in 1.9.0
-_SINCE_1_15 = SpecifierSet(">=1.15.0")  # enqueue_many takes depends_on (rq.dependency appears)
+_SINCE_1_9 = ">=1.9.0"  # pipeline= on enqueue calls arrived in 1.9.0
+_SINCE_1_15 = ">=1.15.0"  # enqueue_many takes depends_on (rq.dependency appears)
 
 # fmt: off
 DEFECTS: tuple[Defect, ...] = (
-    Defect("D1", "nested MULTI for jobs without dependencies", SpecifierSet(">=1.9.0,<2.3.0")),
+    Defect("D1", "nested MULTI for jobs without dependencies", ">=1.9.0,<2.3.0"),
     Defect("D2", "MULTI after commands already buffered in the pipeline", _SINCE_1_9),
     Defect("D3", "dependent job into a pipeline in MULTI or holding commands", _SINCE_1_9),
     Defect("D4", "enqueue_many with depends_on into a pipeline in MULTI", _SINCE_1_15, _CHECK),
@@ -58,20 +55,24 @@ DEFECTS: tuple[Defect, ...] = (
     Defect("D7", "enqueue_at/enqueue_in write at once through a WATCHing pipeline", _SINCE_1_9,
            "Queue.schedule_job"),
     Defect("D8", "enqueue_at/enqueue_in put the scheduled entry outside the caller's pipeline",
-           SpecifierSet(">=1.9.0,<3.0.0"), "ScheduledJobRegistry.schedule"),
+           ">=1.9.0,<3.0.0", "ScheduledJobRegistry.schedule"),
 )
 # fmt: on
 DEFECTS_BY_ID = {defect.id: defect for defect in DEFECTS}
 
 
 def table_verdict(defect: Defect, rq_version: str | None) -> TableVerdict:
+    # packaging is imported here, not at start-up: only reports need the table
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
     try:
         version = Version(rq_version or "")
     except InvalidVersion:
         return TableVerdict.UNKNOWN
-    if version > LAST_MEASURED_RQ:
+    if version > Version(LAST_MEASURED_RQ):
         return TableVerdict.UNKNOWN
-    return TableVerdict.AFFECTED if version in defect.affected else TableVerdict.UNAFFECTED
+    return TableVerdict.AFFECTED if version in SpecifierSet(defect.affected) else TableVerdict.UNAFFECTED
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,25 @@ class Finding:
 
     defect: Defect
     probe: bool | None  # None: the probe could not decide
-    table: TableVerdict
-    reason: str
+    rq_version: str | None
+    note: str = ""  # why the probe could not decide, or why there was nothing to probe
+
+    @property
+    def table(self) -> TableVerdict:
+        return table_verdict(self.defect, self.rq_version)
+
+    @property
+    def reason(self) -> str:
+        if self.note:
+            return self.note
+        seen = "the probe reproduced it" if self.probe else "the probe found RQ correct"
+        table = self.table
+        if table is TableVerdict.UNKNOWN:
+            return f"{seen}; rq {self.rq_version} is newer than the releases measured"
+        if (table is TableVerdict.AFFECTED) == self.probe:
+            return f"{seen}, as the version table expects"
+        says = f"the version table says rq {self.rq_version} is {table.value}"
+        return f"{seen}, although {says}; trusting the probe"
 
     @property
     def present(self) -> bool | None:
@@ -310,22 +328,11 @@ def detect(originals: Mapping[str, Callable[..., Any] | None], rq_version: str |
 
 
 def _finding(defect: Defect, kit: _ProbeKit | None, kit_error: str, rq_version: str | None) -> Finding:
-    table = table_verdict(defect, rq_version)
     if kit is None:
-        return Finding(defect, None, table, kit_error)
+        return Finding(defect, None, rq_version, kit_error)
     if kit.originals.get(defect.method) is None:
-        return Finding(defect, False, table, f"rq {rq_version} has no {defect.method}")
+        return Finding(defect, False, rq_version, f"rq {rq_version} has no {defect.method}")
     try:
-        probe: bool | None = PROBES[defect.id](kit)
+        return Finding(defect, PROBES[defect.id](kit), rq_version)
     except Exception as exc:
-        return Finding(defect, None, table, f"the probe failed: {exc!r}")
-    seen = "the probe reproduced it" if probe else "the probe found RQ correct"
-    if table is TableVerdict.UNKNOWN:
-        reason = f"{seen}; rq {rq_version} is newer than the releases measured"
-    elif (table is TableVerdict.AFFECTED) == probe:
-        reason = f"{seen}, as the version table expects"
-    else:
-        reason = (
-            f"{seen}, although the version table says rq {rq_version} is {table.value}; trusting the probe"
-        )
-    return Finding(defect, probe, table, reason)
+        return Finding(defect, None, rq_version, f"the probe failed: {exc!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -64,8 +65,17 @@ class Status:
         return asdict(self)
 
 
+# Where an imported package keeps its version: cheaper than importlib.metadata, which is slow
+# to import and to query, and which stays the fallback for packages not imported (yet).
+_VERSION_ATTRIBUTES = {"rq": ("rq.version", "VERSION"), "redis": ("redis", "__version__")}
+
+
 def _version(distribution: str) -> str | None:
-    from importlib import metadata  # imported late: it is slow to import, and status() is rare
+    module_name, attribute = _VERSION_ATTRIBUTES[distribution]
+    version = getattr(sys.modules.get(module_name), attribute, None)
+    if isinstance(version, str):
+        return version
+    from importlib import metadata
 
     try:
         return metadata.version(distribution)
