@@ -144,11 +144,10 @@ def _say_once(message: str) -> None:
     warnings.warn(f"rq-pipeline-fix: {message}", RQPipelineFixWarning, stacklevel=3)
 
 
-def _leave_rq_alone(reason: str) -> Status:
+def _leave_rq_alone(reason: str) -> None:
     global _note
     _note = reason
     _say_once(reason)
-    return status()
 
 
 def apply() -> Status:
@@ -156,6 +155,11 @@ def apply() -> Status:
 
     Imports ``rq.queue``. Safe to call any number of times, from any thread; never raises.
     """
+    _apply()
+    return status()
+
+
+def _apply() -> None:
     global _note
     disabled, complaint = patching_disabled()
     if not disabled:
@@ -169,12 +173,10 @@ def apply() -> Status:
                 _say_once(complaint)
             if disabled:
                 _note = f"disabled by {DISABLE_VARIABLE}"
-                return status()
-            if _installed:
-                return status()
-            return _install()
+            elif not _installed:
+                _install()
         except Exception as exc:  # the host must never break because of us
-            return _leave_rq_alone(f"left RQ untouched: unexpected error while patching: {exc!r}")
+            _leave_rq_alone(f"left RQ untouched: unexpected error while patching: {exc!r}")
 
 
 def _find(target: Any) -> tuple[type, Any] | None:
@@ -191,14 +193,15 @@ def _find(target: Any) -> tuple[type, Any] | None:
     return owner, owner.__dict__[target.name]
 
 
-def _install() -> Status:
+def _install() -> None:
     global _findings, _probed, _note
     try:
         import rq.queue  # noqa: F401
     except Exception as exc:
-        return _leave_rq_alone(f"left RQ untouched: rq cannot be imported ({exc!r})")
+        _leave_rq_alone(f"left RQ untouched: rq cannot be imported ({exc!r})")
+        return
     if _installed:  # importing rq.queue just now ran our import hook, which applied the guards
-        return status()
+        return
     from .detect import check_shape, detect
     from .guard import SETUP_DEPENDENCIES, TARGETS
 
@@ -211,7 +214,8 @@ def _install() -> Status:
         if place is not None and problem is None:
             usable[target] = place
         elif target is SETUP_DEPENDENCIES:
-            return _leave_rq_alone(f"left RQ untouched: {problem}")
+            _leave_rq_alone(f"left RQ untouched: {problem}")
+            return
         elif place is not None:
             _say_once(f"{', '.join(target.defects)} not patched: {problem}")
     originals = tuple(attribute for _owner, attribute in usable.values())
@@ -228,10 +232,9 @@ def _install() -> Status:
             _installed.append(_Installed(target, owner, attribute, patched))
     if not _installed:
         _note = "nothing to do: the installed RQ has none of the defects the guards fix"
-        return status()
+        return
     _note = "; ".join(f"guard on {i.target.label} for {', '.join(sorted(i.patched))}" for i in _installed)
     log.debug(_note)
-    return status()
 
 
 def revert() -> Status:
@@ -282,8 +285,9 @@ def status() -> Status:
 
 
 def apply_from_hook() -> None:
-    """``apply()`` for the import hook, which must never raise into the host's ``import rq``."""
+    """``apply()`` for the import hook, which must never raise into the host's ``import rq``, and
+    which builds no report: that would import ``packaging`` into every process using rq."""
     try:
-        apply()
+        _apply()
     except Exception as exc:
         _leave_rq_alone(f"left RQ untouched: {exc!r}")
