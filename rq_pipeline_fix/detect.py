@@ -178,6 +178,14 @@ class _RecordingPipeline:
         return lambda *args, **kwargs: None  # watch, multi, sadd, zadd, hset, ...
 
 
+def _known_server(queue_or_job: Any) -> Any:
+    """Some releases (2.0, 2.1) ask the server's version before writing; answer for them as a
+    current server would, so that asking is not taken for a write."""
+    if hasattr(queue_or_job, "redis_server_version"):
+        queue_or_job.redis_server_version = (7, 0, 0)
+    return queue_or_job
+
+
 class _ProbeKit:
     """What every probe needs: an offline client, a queue on it, a job factory, and RQ's original
     methods bound as RQ would call them (None where this RQ does not have the method)."""
@@ -187,6 +195,7 @@ class _ProbeKit:
 
         self.connection = _offline_redis()
         self.queue = Queue("rq-pipeline-fix-probe", connection=self.connection)
+        _known_server(self.queue)
         self.originals = originals
         self.setup_dependencies = originals["Queue.setup_dependencies"]
         self.get_jobs_with_met_dependencies = originals.get(_CHECK)
@@ -204,7 +213,7 @@ class _ProbeKit:
         return method
 
     def job(self, depends_on: str | None = None) -> Any:
-        return self.queue.create_job("os.getpid", depends_on=depends_on)
+        return _known_server(self.queue.create_job("os.getpid", depends_on=depends_on))
 
     def child(self) -> Any:
         return self.job(depends_on="rq-pipeline-fix-probe-parent")
