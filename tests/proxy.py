@@ -30,6 +30,7 @@ class CuttingProxy:
         self._down = False
         self._closed = False
         self.cut = threading.Event()  # set once a cut has happened
+        self.faults = 0  # cuts and drops so far
         self.forwarded: dict[Direction, int] = {"request": 0, "reply": 0}
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
@@ -50,6 +51,10 @@ class CuttingProxy:
 
     def drop_connections(self) -> None:
         """Close every live connection now, staying up for new ones (a network blip)."""
+        self.faults += 1
+        self._drop()
+
+    def _drop(self) -> None:
         with self._lock:
             sockets, self._sockets = self._sockets, set()
         for sock in sockets:
@@ -65,7 +70,7 @@ class CuttingProxy:
         self._closed = True
         self._down = True
         _close(self._listener)
-        self.drop_connections()
+        self._drop()
 
     # --- internals ------------------------------------------------------------------------------
 
@@ -123,8 +128,9 @@ class CuttingProxy:
             on_cut, self._on_cut = self._on_cut, None
         if on_cut is not None:
             on_cut()  # before the client sees the drop: a killed server gets no more bytes either
+        self.faults += 1
         self.cut.set()  # before the drop, so that a client woken by it sees the cut as done
-        self.drop_connections()
+        self._drop()
 
 
 def _close(sock: socket.socket) -> None:

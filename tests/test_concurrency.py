@@ -52,7 +52,7 @@ class Size:
 
 
 BOUNDED = Size(threads=3, processes=2, batches=6, chain=3, workers=2, deadline=90)
-STRESS = Size(threads=4, processes=4, batches=30, chain=4, workers=3, deadline=1800)
+STRESS = Size(threads=4, processes=4, batches=60, chain=4, workers=3, deadline=1800)
 
 
 def start_workers(redis_url: str, count: int, logs: Path) -> list[subprocess.Popen[bytes]]:

@@ -55,6 +55,7 @@ class RedisProcess:
         self.directory = directory
         self.port = port
         self.process: subprocess.Popen[bytes] | None = None
+        self.kills = 0
 
     def start(self) -> None:
         arguments = [
@@ -88,6 +89,7 @@ class RedisProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
+            self.kills += 1
 
     def direct(self) -> redis.Redis:
         """A client of the test's own, straight to the server, that does not retry."""
@@ -103,19 +105,21 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisProcess]:
+def server(tmp_path: Path, record_property: Any) -> Iterator[RedisProcess]:
     if REDIS_SERVER is None:
         pytest.skip("no redis-server executable to start a server of the test's own")
     process = RedisProcess(tmp_path, free_port())
     process.start()
     yield process
+    record_property("server_kills", process.kills)  # counted for the run's report (--junitxml)
     process.kill()
 
 
 @pytest.fixture
-def proxy(server: RedisProcess) -> Iterator[CuttingProxy]:
+def proxy(server: RedisProcess, record_property: Any) -> Iterator[CuttingProxy]:
     cutting = CuttingProxy(server.port)
     yield cutting
+    record_property("connection_faults", cutting.faults)
     cutting.close()
 
 
