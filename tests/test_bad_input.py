@@ -85,7 +85,7 @@ def reset_with_commands(connection: redis.Redis) -> Any:
 
 
 def aborted_by_watch_error(connection: redis.Redis) -> Any:
-    pipe = connection.pipeline()
+    pipe: Any = connection.pipeline()
     pipe.watch("watched")
     connection.set("watched", 1)
     pipe.multi()
@@ -184,7 +184,9 @@ def guard(on: bool) -> Iterator[None]:
             rq_pipeline_fix.apply()
 
 
-def with_and_without_guard(run: Callable[[], Outcome], flush: Callable[[], None]) -> tuple[Outcome, Outcome]:
+def with_and_without_guard(
+    run: Callable[[], Outcome], flush: Callable[[], object]
+) -> tuple[Outcome, Outcome]:
     outcomes = []
     for on in (True, False):
         flush()
@@ -326,7 +328,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         )
         for port in ports
     ]
-    nodes = [redis.Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0)) for port in ports]
+    nodes: list[Any] = [
+        redis.Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0)) for port in ports
+    ]
     try:
         deadline = time.monotonic() + TIMEOUT
         formed = _form_cluster(nodes, ports, deadline)
@@ -354,7 +358,7 @@ def _cluster_node_arguments(port: int, directory: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _form_cluster(nodes: list[redis.Redis], ports: list[int], deadline: float) -> bool:
+def _form_cluster(nodes: list[Any], ports: list[int], deadline: float) -> bool:
     for node in nodes:
         while True:
             try:

@@ -186,7 +186,10 @@ def test_threads_and_processes_enqueue_chains_while_workers_run_them(
     assert statuses == {"finished": len(every_job)}, logs
 
     # Every job ran exactly once, and nothing else ran.
-    executed = [label.decode() for label in connection.lrange("executed", 0, -1)]
+    executed = [
+        label.decode() if isinstance(label, bytes) else label
+        for label in connection.lrange("executed", 0, -1)
+    ]
     assert Counter(executed) == Counter(every_job)
 
     # Children never ran before their parents.

@@ -163,7 +163,9 @@ def assert_guard_still_on() -> None:
 def batch_request_size(pipe: Any) -> int:
     """Bytes redis-py will send for the pipeline's MULTI ... EXEC."""
     commands = [("MULTI",), *(args for args, _options in pipe.command_stack), ("EXEC",)]
-    return sum(len(chunk) for chunk in redis.Connection().pack_commands(commands))
+    packer: Any = redis.Connection()  # type: ignore[no-untyped-call]  # packs only: never connects
+    chunks: list[bytes] = packer.pack_commands(commands)
+    return sum(len(chunk) for chunk in chunks)
 
 
 def request_size(client: redis.Redis, dependents: bool = True) -> int:

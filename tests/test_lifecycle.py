@@ -61,14 +61,14 @@ def guard_layers() -> dict[str, list[bool]]:
         while isinstance(layer, PROXY):
             if is_ours(layer):
                 layers.append(is_enabled(layer))
-            layer = layer.__wrapped__
+            layer = getattr(layer, "__wrapped__", None)
         found[target.label] = layers
     return found
 
 
 def innermost(attribute: object) -> object:
     while isinstance(attribute, PROXY):
-        attribute = attribute.__wrapped__
+        attribute = getattr(attribute, "__wrapped__", None)
     return attribute
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import pytest
 import redis
@@ -129,7 +129,7 @@ def run(client: redis.Redis, operation: Operation, pipe: Any) -> None:
 
 
 def run_shared(client: redis.Redis, program: Program) -> None:
-    pipe = client.pipeline(transaction=program.transaction)
+    pipe: Any = client.pipeline(transaction=program.transaction)
     try:
         first_is_command = bool(program.operations) and isinstance(program.operations[0], Command)
         if program.watch:
@@ -209,7 +209,8 @@ def seed_dump(client: redis.Redis) -> list[tuple[bytes, int, bytes]]:
     pre.enqueue_call(fail, args=("pre-failed",), job_id="pre-failed")
     SimpleWorker([pre], connection=client).work(burst=True)
     pre.enqueue_call(record, args=("pre-queued",), job_id="pre-queued")
-    keys = [key for key in client.keys("*") if not key.startswith(b"rq:worker")]  # the worker's own
+    everything = cast("list[bytes]", client.keys("*"))
+    keys = [key for key in everything if not key.startswith(b"rq:worker")]  # the worker's own
     dump = [(key, int(client.pttl(key)), client.dump(key)) for key in keys]
     client.flushdb()
     return [(key, ttl, value) for key, ttl, value in dump if value is not None]

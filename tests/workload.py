@@ -114,8 +114,9 @@ def enqueue_batch(
         pipe.incr(counter_key(plan))  # buffered: the first enqueue switched the pipeline to MULTI
     else:
         enqueue(0)
+        parents: list[list[Any]] = [list(plan.parents(batch, k)) for k in range(plan.chain)]
         rest = [
-            Queue.prepare_data(record, args=(ids[k],), job_id=ids[k], depends_on=plan.parents(batch, k))
+            Queue.prepare_data(record, args=(ids[k],), job_id=ids[k], depends_on=parents[k])
             for k in range(1, plan.chain)
         ]
         queues[-1].enqueue_many(rest, pipeline=pipe)
