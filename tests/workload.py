@@ -32,6 +32,7 @@ import rq_pipeline_fix  # noqa: F401  (the guard, before rq is imported)
 QUEUES = ("conc-a", "conc-b", "conc-c")
 SHAPES = ("command-first", "watching", "enqueue-many")
 MAX_PAUSE = 0.05  # seconds between a batch's last enqueue and its EXEC
+PACE = 2.0  # seconds a producer waits at most for the workers to reach its previous batch
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ def produce(client: Any, plan: Plan, seed: int) -> dict[str, int]:
     rng = random.Random(seed)
     attempts: list[int] = []
     for batch in range(plan.batches):
+        if batch > 0:
+            keep_pace(client, plan.job_id(batch - 1, 0))
         shape = SHAPES[batch % len(SHAPES)]
         queues = [Queue(rng.choice(QUEUES), connection=client) for _ in range(plan.chain)]
         pause = rng.uniform(0, MAX_PAUSE)
@@ -82,6 +85,20 @@ def produce(client: Any, plan: Plan, seed: int) -> dict[str, int]:
         attempt = functools.partial(enqueue_batch, plan, batch, shape, queues, pause, attempts)
         client.transaction(attempt, *watches)
     return {"batches": plan.batches, "jobs": plan.batches * plan.chain, "attempts": len(attempts)}
+
+
+def keep_pace(client: Any, parent: str) -> None:
+    """Wait (up to PACE seconds) until workers have picked up the previous batch's first job, the
+    parent this batch's first job depends on: the batch is then built while that parent runs,
+    and the race with its end happens often, however far the workers lag behind."""
+    from rq.job import Job
+
+    deadline = time.monotonic() + PACE
+    while time.monotonic() < deadline:
+        status = client.hget(Job.key_for(parent), "status")
+        if status in (b"started", b"finished", b"failed"):
+            return
+        time.sleep(0.002)
 
 
 def counter_key(plan: Plan) -> str:
