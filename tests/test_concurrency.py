@@ -115,6 +115,46 @@ def start_producer_process(redis_url: str, plan: Plan, seed: int) -> subprocess.
     )
 
 
+def rq_leaves_finished_jobs_in_started_registry(connection: redis.Redis) -> bool:
+    """Whether this RQ, alone, leaves a finished job in its StartedJobRegistry when a dependent is
+    added to the job while the worker finishes it (seen on RQ 2.2.0, not on 3.0.0).
+
+    RQ 2.x's ``handle_job_success`` retries its transaction after WatchError (a new dependent
+    changed the dependents key it WATCHes), but its ``cleanup_execution`` already cleared
+    ``worker.execution`` on the first try, so the retry no longer removes the job from the
+    StartedJobRegistry; RQ's maintenance later fails the finished job as abandoned. The
+    concurrency run provokes exactly that race (a batch adding a dependent to a running parent),
+    so the leftover is allowed where, and only where, this check shows RQ does it by itself: a
+    SimpleWorker, a plain enqueue, no shared pipeline.
+    """
+    from rq import SimpleWorker
+
+    from tests.jobs import record
+
+    queue = Queue("leak-check", connection=connection)
+    parent = queue.enqueue(record, "leak-check-parent")
+    hook = "move_dependents_to_ready" if hasattr(Queue, "move_dependents_to_ready") else "enqueue_dependents"
+    original = Queue.__dict__[hook]
+    raced: list[Any] = []
+
+    def dependent_arrives(self: Queue, job: Job, *args: Any, **kwargs: Any) -> Any:
+        if not raced:  # another process enqueues a dependent while the worker finishes the job
+            raced.append(
+                Queue("leak-check-child", connection=connection).enqueue(record, "x", depends_on=job.id)
+            )
+        return original(self, job, *args, **kwargs)
+
+    setattr(Queue, hook, dependent_arrives)
+    try:
+        SimpleWorker([queue], connection=connection).work(burst=True)
+    finally:
+        setattr(Queue, hook, original)
+    leaked = parent.id in StartedJobRegistry(queue=queue).get_job_ids()
+    assert raced and parent.get_status(refresh=True) == "finished"
+    connection.flushdb()
+    return leaked
+
+
 def wait_until_settled(connection: redis.Redis, job_ids: list[str], deadline: float) -> dict[str, int]:
     """Poll until every job is finished or failed (or the safety bound passes); returns the
     count of each status seen last."""
@@ -139,6 +179,7 @@ def test_threads_and_processes_enqueue_chains_while_workers_run_them(
     every_job = [job_id for plan in plans for job_id in plan.job_ids()]
     deadline = time.monotonic() + size.deadline
 
+    rq_leaks_started = rq_leaves_finished_jobs_in_started_registry(connection)
     workers = start_workers(redis_url, size.workers, tmp_path)
     try:
         wait_for_workers(connection, size.workers, deadline)
@@ -200,11 +241,12 @@ def test_threads_and_processes_enqueue_chains_while_workers_run_them(
     # Nothing left in a queue or a registry other than "finished"; no job hash without a home,
     # and none left over from an aborted attempt.
     homes: dict[str, str] = {}
+    stale_started: list[str] = []
     for name in QUEUES:
         queue = Queue(name, connection=connection)
         assert queue.count == 0
         assert DeferredJobRegistry(queue=queue).get_job_ids() == []
-        assert StartedJobRegistry(queue=queue).get_job_ids() == []
+        stale_started += StartedJobRegistry(queue=queue).get_job_ids()
         assert FailedJobRegistry(queue=queue).get_job_ids() == []
         if hasattr(queue, "ready_job_registry"):  # RQ 3: dependents between "met" and "queued"
             assert queue.ready_job_registry.get_job_ids() == []
@@ -213,6 +255,11 @@ def test_threads_and_processes_enqueue_chains_while_workers_run_them(
     assert job_keys(connection) == sorted(f"rq:job:{job_id}".encode() for job_id in every_job)
     for job_id, queue_name in homes.items():
         assert Job.fetch(job_id, connection=connection).origin == queue_name
+    # RQ's own leak (see rq_leaves_finished_jobs_in_started_registry): finished jobs, run once,
+    # still listed as started. Allowed only where RQ alone was just seen doing it.
+    record_property("finished_jobs_left_in_started_registry", len(stale_started))
+    assert stale_started == [] or rq_leaks_started
+    assert set(stale_started) <= set(homes)
 
     # Each producer's counter counts its batches once: the aborted attempts wrote nothing.
     for plan in plans:
