@@ -12,6 +12,7 @@ out of MULTI), a fakeredis pipeline handed to a queue on the real server, and re
 
 from __future__ import annotations
 
+import inspect
 import json
 import socket
 import subprocess
@@ -65,6 +66,8 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "enqueue_at": lambda q, pipe: q.enqueue_at(WHEN, record, job_id="a", pipeline=pipe),
 }
+if "depends_on" not in inspect.signature(Queue.prepare_data).parameters:  # RQ < 1.15
+    del OPERATIONS["enqueue_many-dependent"]
 
 
 # --- the pipeline= kinds -----------------------------------------------------------------------
@@ -395,6 +398,11 @@ def test_cluster_pipeline_behaves_as_in_rq_and_a_failure_writes_nothing(
     comes out: an error (no explicit_transaction / multi() or WATCH refused / cross-slot
     transaction) or, for what needs no MULTI, the writes on the cluster."""
     databases: Databases = {"redis": lambda: snapshot(connection), "cluster": cluster.snapshot}
+    if transaction:
+        try:
+            cluster.client.pipeline(transaction=True)
+        except redis.exceptions.RedisClusterException as exc:  # redis-py < 6
+            pytest.skip(f"this redis-py has no transactional ClusterPipeline: {exc}")
 
     def run() -> Outcome:
         return call(
@@ -484,7 +492,8 @@ def test_future_rq_is_judged_by_the_probes_and_status_says_why() -> None:
     defects = by_id(document)
     assert code == 0 and document["ok"] and document["active"]
     assert all(d["version_table"] == "unknown" for d in defects.values())
-    assert all("newer than the releases measured" in d["reason"] for d in defects.values())
+    probed = [d for d in defects.values() if " has no " not in d["reason"]]  # D4/D5 before RQ 1.15
+    assert all("newer than the releases measured" in d["reason"] for d in probed)
     assert defects["D2"]["detected"] and defects["D2"]["patched"]
     assert defects["D3"]["detected"] and defects["D3"]["patched"]
 

@@ -51,7 +51,7 @@ class Size:
         return self.threads + self.processes
 
 
-BOUNDED = Size(threads=3, processes=2, batches=6, chain=3, workers=2, deadline=90)
+BOUNDED = Size(threads=3, processes=2, batches=6, chain=3, workers=2, deadline=240)
 STRESS = Size(threads=4, processes=4, batches=60, chain=4, workers=3, deadline=1800)
 
 

@@ -20,6 +20,7 @@ account rather than switch off.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import signal
 import subprocess
 import time
@@ -29,6 +30,7 @@ from typing import Any
 
 import pytest
 import redis
+from packaging.version import Version
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rq import Queue
@@ -129,6 +131,9 @@ def seed(client: redis.Redis) -> None:
     client.set("unrelated", "kept")
 
 
+ENQUEUE_MANY_TAKES_DEPENDS_ON = "depends_on" in inspect.signature(Queue.prepare_data).parameters
+
+
 def buffer_batch(client: redis.Redis, pipe: Any, tag: str, dependents: bool = True) -> None:
     """One atomic batch; with ``dependents`` the guard WATCHes and reads the parents' statuses
     through the pipeline's own connection (the pipeline is then "watching")."""
@@ -139,9 +144,13 @@ def buffer_batch(client: redis.Redis, pipe: Any, tag: str, dependents: bool = Tr
     if dependents:
         low.enqueue_call(record, job_id=f"{tag}-child", depends_on=PARENT, pipeline=pipe)
         low.enqueue_call(record, job_id=f"{tag}-grandchild", depends_on=f"{tag}-high", pipeline=pipe)
-        Queue("many", connection=client).enqueue_many(
-            [Queue.prepare_data(record, job_id=f"{tag}-many", depends_on=PARENT)], pipeline=pipe
-        )
+        many = Queue("many", connection=client)
+        if ENQUEUE_MANY_TAKES_DEPENDS_ON:
+            many.enqueue_many(
+                [Queue.prepare_data(record, job_id=f"{tag}-many", depends_on=PARENT)], pipeline=pipe
+            )
+        else:  # RQ < 1.15
+            many.enqueue_call(record, job_id=f"{tag}-many", depends_on=PARENT, pipeline=pipe)
     pipe.rpush(f"{tag}:log", "batch")
 
 
@@ -267,7 +276,9 @@ def test_connection_cut_mid_request_writes_nothing_and_the_process_recovers(
     points = cut_points(request_size(client, dependents), stress)
     if outage == "down" and not dependents:  # each costs redis-py's whole retry schedule (~4 s)
         points = points[:: max(1, len(points) // 10)] if stress else points[-1:]
-    resent = outage == "blip" and not dependents
+    # redis-py >= 6 re-sends a batch that was not WATCHing after a connection error; older
+    # releases raise it (nothing landed either way: checked below)
+    resent = outage == "blip" and not dependents and Version(redis.__version__) >= Version("6")
     for cut_at in points:
         on_cut = proxy.restore if outage == "blip" else None
         _total, error = run_cut_batch(client, proxy, cut_at, dependents, on_cut)

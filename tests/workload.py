@@ -20,6 +20,7 @@ Every job is ``tests.jobs.record(job_id)``: the list ``executed`` says what ran,
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import random
 import sys
@@ -75,10 +76,11 @@ def produce(client: Any, plan: Plan, seed: int) -> dict[str, int]:
 
     rng = random.Random(seed)
     attempts: list[int] = []
+    shapes = usable_shapes()
     for batch in range(plan.batches):
         if batch > 0:
             keep_pace(client, plan.job_id(batch - 1, 0))
-        shape = SHAPES[batch % len(SHAPES)]
+        shape = shapes[batch % len(shapes)]
         queues = [Queue(rng.choice(QUEUES), connection=client) for _ in range(plan.chain)]
         pause = rng.uniform(0, MAX_PAUSE)
         watches = (counter_key(plan),) if shape == "watching" else ()
@@ -103,6 +105,13 @@ def keep_pace(client: Any, parent: str) -> None:
 
 def counter_key(plan: Plan) -> str:
     return f"{plan.producer}:batches"
+
+
+def usable_shapes() -> tuple[str, ...]:
+    """enqueue_many takes depends_on from RQ 1.15 on: before, its shape is left out."""
+    from rq import Queue
+
+    return SHAPES if "depends_on" in inspect.signature(Queue.prepare_data).parameters else SHAPES[:2]
 
 
 def enqueue_batch(
