@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 import warnings
@@ -54,11 +55,12 @@ class Status:
 
     @property
     def unpatched(self) -> tuple[DefectStatus, ...]:
-        """Defects detected (or expected by the version table) but left unpatched."""
+        """Defects detected, or not ruled out (the probe could not tell and the version table
+        does not say unaffected), but left unpatched."""
         return tuple(
             d
             for d in self.defects
-            if not d.patched and (d.detected or (d.detected is None and d.version_table == "affected"))
+            if not d.patched and (d.detected or (d.detected is None and d.version_table != "unaffected"))
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +131,9 @@ def _wraps(outer: object, inner: object) -> bool:
 
 
 _lock = threading.RLock()
+_reinit_lock = getattr(_lock, "_at_fork_reinit", None)
+if _reinit_lock is not None:  # a child forked while another thread held the lock gets a free one
+    os.register_at_fork(after_in_child=_reinit_lock)
 _installed: list[_Installed] = []
 _findings: list[Any] = []  # detect.Finding, probed once per set of original methods
 _probed: tuple[object, ...] = ()

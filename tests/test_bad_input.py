@@ -516,13 +516,6 @@ def test_known_rq_whose_code_was_fixed_is_left_alone_although_the_table_says_aff
     assert "trusting the probe" in d2["reason"] and not d2["patched"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="report.is_ok counts a defect the probe could not decide as unpatched only when the "
-    "version table says 'affected'; for a release newer than the table ('unknown') status says "
-    "OK and exits 0 although nobody knows whether D1-D3 are there. Proposed: treat "
-    "detected=None with version_table != 'unaffected' as unpatched.",
-)
 def test_future_rq_whose_probes_cannot_tell_is_not_reported_ok() -> None:
     code, document = status_json("99.0.0", "opaque")
     defects = by_id(document)

@@ -347,12 +347,6 @@ print("killed" if os.WIFSIGNALED(status) else "exited", flush=True)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="patcher._lock is inherited locked by a child forked while another thread holds it: "
-    "apply()/status() in the child wait forever. Proposed: os.register_at_fork(after_in_child="
-    "_lock._at_fork_reinit) (as logging does), or a fresh RLock in the child.",
-)
 def test_child_forked_while_another_thread_holds_the_lock_can_apply_and_report() -> None:
     shown = run_python(FORK_WHILE_LOCKED)
     assert shown.returncode == 0, shown.stderr
