@@ -14,7 +14,7 @@ change; keys may be added)::
       "redis_version": "8.1.0",   # redis-py; null when not installed
       "active": true,             # the guard is in place and enabled in this process
       "note": "guard on rq.queue.Queue.setup_dependencies for D2, D3",
-      "unpatched": [],            # ids of defects detected (or not ruled out by probe or table) but not patched
+      "unpatched": [],            # ids detected (or not ruled out by probe or table) but not patched
       "defects": [
         {
           "id": "D2",                         # as in DEFECTS.md
