@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 import redis
+import rq
+from packaging.version import Version
 from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
@@ -189,7 +191,11 @@ def test_threads_and_processes_enqueue_chains_while_workers_run_them(
     every_job = [job_id for plan in plans for job_id in plan.job_ids()]
     deadline = time.monotonic() + size.deadline
 
-    rq_leaks_started = rq_leaves_finished_jobs_in_started_registry(connection)
+    # The repro does not trigger RQ's leak on every 2.x release (seen on 2.0.0 in the matrix, race
+    # dependent), so RQ < 3.0 may leave such entries whatever it showed here.
+    rq_leaks_started = rq_leaves_finished_jobs_in_started_registry(connection) or Version(
+        rq.__version__
+    ) < Version("3.0.0")
     workers = start_workers(redis_url, size.workers, tmp_path)
     try:
         wait_for_workers(connection, size.workers, deadline)
