@@ -163,7 +163,7 @@ def test_several_parents_mixed_finished_and_unfinished(connection: redis.Redis) 
 @pytest.mark.parametrize("allow_failure", [True, False])
 @pytest.mark.skipif(Dependency is None, reason="this RQ has no Dependency(allow_failure=...)")
 def test_failed_parent_behaves_as_rq_documents(connection: redis.Redis, allow_failure: bool) -> None:
-    """allow_failure=True: the child runs although the parent failed (RQ < 2.3 defers it on a
+    """allow_failure=True: the child runs although the parent failed (RQ < 3.0 defers it on a
     single enqueue anyway, an upstream bug we do not copy); otherwise it waits."""
     parent = failed_parent(connection)
     q = queue(connection)

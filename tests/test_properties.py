@@ -15,8 +15,8 @@ What is the same by construction, and so not an allowance: a parent enqueued ear
 same batch is unfinished in both runs (buffered in one, queued or deferred in the other), so its
 children are deferred in both; ``enqueue_at`` puts the job in the scheduled registry in both.
 
-The one known difference, kept out of the draw rather than papered over: on RQ < 2.3 a single
-enqueue ignores ``Dependency(allow_failure=True)`` for a failed parent (RQ's bug, fixed in 2.3;
+The one known difference, kept out of the draw rather than papered over: on RQ < 3.0 a single
+enqueue ignores ``Dependency(allow_failure=True)`` for a failed parent (RQ's bug, fixed in 3.0;
 the guard follows the documented behaviour, see tests/test_dependencies.py), so
 ``allow_failure`` is drawn only where RQ honours it.
 """
@@ -38,7 +38,7 @@ from rq import Queue, SimpleWorker
 
 try:
     from rq.job import Dependency
-except ImportError:  # RQ < 1.11; allow_failure is only drawn where RQ honours it (>= 2.3)
+except ImportError:  # RQ < 1.11; allow_failure is only drawn where RQ honours it (>= 3.0)
     Dependency = None  # type: ignore[assignment,misc]
 
 import rq_pipeline_fix
@@ -55,7 +55,7 @@ NEVER = "never-enqueued"
 WHEN = datetime(2100, 1, 1, tzinfo=timezone.utc)
 DEFAULT_EXAMPLES = 25
 STRESS_EXAMPLES = 1000
-RQ_HONOURS_ALLOW_FAILURE_ALONE = Version(rq_pipeline_fix.status().rq_version or "0") >= Version("2.3")
+RQ_HONOURS_ALLOW_FAILURE_ALONE = Version(rq_pipeline_fix.status().rq_version or "0") >= Version("3.0")
 
 
 # --- the operations -------------------------------------------------------------------------------
