@@ -16,12 +16,18 @@ TYPE_CHECKING = False  # not typing's: importing typing would double the cost of
 if TYPE_CHECKING:
     from typing import Any
 
-    from .patcher import DefectStatus, RQPipelineFixWarning, Status, apply, revert, status
+    from .patcher import RQPipelineFixWarning, apply, revert, status
+    from .report import DefectStatus, Status
 
 __all__ = ["DefectStatus", "RQPipelineFixWarning", "Status", "apply", "revert", "status"]
+_STATUS_RECORDS = ("DefectStatus", "Status")  # in report: only a report needs them
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: load the API on first use
+    if name in _STATUS_RECORDS:
+        from . import report
+
+        return getattr(report, name)
     if name in __all__:
         from . import patcher
 

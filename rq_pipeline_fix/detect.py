@@ -11,8 +11,7 @@ from __future__ import annotations
 import enum
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 
 class ProbeTouchedRedis(Exception):
@@ -29,8 +28,7 @@ class TableVerdict(str, enum.Enum):
     UNKNOWN = "unknown"  # newer than the last release measured
 
 
-@dataclass(frozen=True)
-class Defect:
+class Defect(NamedTuple):  # NamedTuples, not dataclasses: those cost a millisecond each at rq's import
     id: str
     title: str
     affected: str  # specifier of the RQ releases where the defect was measured
@@ -75,8 +73,7 @@ def table_verdict(defect: Defect, rq_version: str | None) -> TableVerdict:
     return TableVerdict.AFFECTED if version in SpecifierSet(defect.affected) else TableVerdict.UNAFFECTED
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """What is known about one defect in the installed RQ."""
 
     defect: Defect
@@ -114,14 +111,16 @@ class Finding:
 
 
 def _offline_redis(error: type[ProbeTouchedRedis] = ProbeTouchedRedis) -> Any:
-    """A real redis-py client whose connections raise ``error`` instead of connecting."""
+    """A real redis-py client whose pool raises ``error`` instead of handing out a connection
+    (none is ever made: building one can cost milliseconds, e.g. redis-py 8 looks up its own
+    version in the package metadata)."""
     import redis
 
-    class OfflineConnection(redis.Connection):
-        def connect(self, *args: Any, **kwargs: Any) -> None:
+    class OfflinePool(redis.ConnectionPool):
+        def get_connection(self, *args: Any, **kwargs: Any) -> Any:
             raise error("the probed code sent a command to Redis")
 
-    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=OfflineConnection))
+    return redis.Redis(connection_pool=OfflinePool())
 
 
 def _runs_at_once(run: Callable[[], object]) -> bool:

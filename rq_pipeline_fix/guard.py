@@ -15,7 +15,6 @@ pipeline and writes through its own connection (D8): that guard needs no table.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 from redis.client import Pipeline  # fakeredis pipelines subclass it; ClusterPipeline does not
@@ -104,42 +103,56 @@ ENQUEUE_MANY_WRITES = buffered_writes("D6")
 SCHEDULE_JOB_WRITES = buffered_writes("D7")
 
 
-class Guard:
-    """A wrapt wrapper: looks up the caller's pipeline state and steps in for patched defects.
-
-    ``patched`` holds the ids of the defects to fix; a state whose defect is not in it goes to
-    RQ's own code, so the guard is invisible wherever the installed RQ is already right.
-    """
+class _Wrapper:
+    """What our wrapt wrappers share: the target, the defects to fix, and an off switch that
+    ``revert()`` uses when another wrapper sits on top of ours (an attribute read per call;
+    wrapt's ``enabled=`` callable would cost a Python call per call)."""
 
     def __init__(self, target: Target, patched: frozenset[str]) -> None:
         self.target = target
         self.patched = patched
+        self.enabled = True
+        names = target.parameters[1:]  # without self/cls, which wrapt passes apart
+        self.subject_name = names[0]
+        self.pipeline_at = len(names) - 1  # the pipeline is the last parameter we know
+        self.table_for = target.table_for
+
+    def pipeline_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The call's pipeline, passed by position or by name (RQ passes ``pipeline=`` by name)."""
+        return args[self.pipeline_at] if len(args) > self.pipeline_at else kwargs.get("pipeline")
+
+
+class Guard(_Wrapper):
+    """A wrapt wrapper: looks up the caller's pipeline state and steps in for patched defects.
+
+    ``patched`` holds the ids of the defects to fix; a state whose defect is not in it goes to
+    RQ's own code, so the guard is invisible wherever the installed RQ is already right. This
+    runs on every enqueue into a pipeline, hence ``pipeline_of`` inlined.
+    """
 
     def __call__(self, wrapped: Action, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        subject, pipe = self.target.subject_and_pipeline(args, kwargs)
-        if not isinstance(pipe, Pipeline):  # None, or not a redis-py pipeline: RQ's own behaviour
+        pipe = args[self.pipeline_at] if len(args) > self.pipeline_at else kwargs.get("pipeline")
+        if not (self.enabled and isinstance(pipe, Pipeline)):  # None, or not redis-py's: RQ's own way
             return wrapped(*args, **kwargs)
-        decision = self.target.table_for(subject)[pipeline_state(pipe)]
-        if decision.action is None or decision.defect not in self.patched:
+        subject = args[0] if args else kwargs.get(self.subject_name)
+        decision = self.table_for(subject)[pipeline_state(pipe)]
+        action = decision.action
+        if action is None or decision.defect not in self.patched:  # RQ is right here, or not patched
             return wrapped(*args, **kwargs)
-        result = decision.action(instance, subject, pipe)
+        result = action(instance, subject, pipe)
         return wrapped(*args, **kwargs) if decision.then_call_rq else result
 
 
-class ScheduleThroughPipeline:
+class ScheduleThroughPipeline(_Wrapper):
     """The wrapt wrapper for ``ScheduledJobRegistry.schedule(job, scheduled_datetime, pipeline)``
     where it ZADDs through ``self.connection`` whatever the pipeline (D8): the entry lands at once,
     outside the caller's transaction, and stays behind if the batch aborts. In every pipeline
     state the fix is the same: RQ's own code, run on a copy of the registry whose connection is
     the caller's pipeline, so its timestamp rules stay those of the installed release."""
 
-    def __init__(self, target: Target, patched: frozenset[str]) -> None:
-        self.target = target
-        self.patched = patched
-
     def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        _job, pipe = self.target.subject_and_pipeline(args, kwargs)
-        if not isinstance(pipe, Pipeline) or "D8" not in self.patched:
+        pipe = self.pipeline_of(args, kwargs)
+        if not (self.enabled and isinstance(pipe, Pipeline)) or "D8" not in self.patched:
             return wrapped(*args, **kwargs)
         registry = copy.copy(instance)
         registry.connection = pipe
@@ -150,8 +163,11 @@ def _setup_dependencies_table(job: Any) -> dict[PipelineState, Decision]:
     return WITH_DEPENDENCIES if job._dependency_ids else WITHOUT_DEPENDENCIES
 
 
-@dataclass(frozen=True)
-class Target:
+def _no_table(subject: Any) -> dict[PipelineState, Decision]:
+    return {}
+
+
+class Target(NamedTuple):  # not a dataclass: creating one costs a millisecond at rq's import
     """One method of RQ that we wrap: where it is, the parameters we expect, the defects it has,
     and which decision table applies to a call (by its first argument)."""
 
@@ -160,22 +176,13 @@ class Target:
     name: str
     parameters: tuple[str, ...]
     defects: tuple[str, ...]
-    table_for: Callable[[Any], dict[PipelineState, Decision]] = lambda subject: {}
+    table_for: Callable[[Any], dict[PipelineState, Decision]] = _no_table
     more_parameters_ok: bool = False  # later RQ releases add trailing options we pass through
-    wrapper: type = Guard
+    wrapper: type[_Wrapper] = Guard
 
     @property
     def label(self) -> str:
         return f"{self.owner}.{self.name}"
-
-    def subject_and_pipeline(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
-        """The call's first argument after self/cls (the job, jobs or job datas) and its pipeline,
-        passed by position or by name (RQ passes ``pipeline=`` by name)."""
-        names = self.parameters[1:]  # without self/cls, which wrapt passes apart
-        subject = args[0] if args else kwargs.get(names[0])
-        at = len(names) - 1  # the pipeline is the last parameter we know
-        pipe = kwargs.get("pipeline") if len(args) <= at else args[at]
-        return subject, pipe
 
 
 SETUP_DEPENDENCIES = Target(

@@ -13,58 +13,18 @@ import os
 import sys
 import threading
 import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import DISABLE_VARIABLE, patching_disabled
+
+if TYPE_CHECKING:
+    from .report import Status
 
 log = logging.getLogger("rq_pipeline_fix")
 
 
 class RQPipelineFixWarning(RuntimeWarning):
     """Why rq-pipeline-fix left (part of) RQ unpatched."""
-
-
-@dataclass(frozen=True)
-class DefectStatus:
-    """One defect of DEFECTS.md in the installed RQ.
-
-    ``detected``: what the behaviour probe saw (None: it could not tell). ``version_table``:
-    "affected", "unaffected" or "unknown" (a release newer than those measured). ``patched``:
-    the guard fixes it in this process. ``reason``: how the verdict was reached.
-    """
-
-    id: str
-    title: str
-    detected: bool | None
-    version_table: str
-    patched: bool
-    reason: str
-
-
-@dataclass(frozen=True)
-class Status:
-    """What rq-pipeline-fix did in this process. ``active``: the guard is in place and enabled;
-    ``note``: why it is not, or what happened last."""
-
-    rq_version: str | None
-    redis_version: str | None
-    active: bool
-    note: str
-    defects: tuple[DefectStatus, ...] = field(default=())
-
-    @property
-    def unpatched(self) -> tuple[DefectStatus, ...]:
-        """Defects detected, or not ruled out (the probe could not tell and the version table
-        does not say unaffected), but left unpatched."""
-        return tuple(
-            d
-            for d in self.defects
-            if not d.patched and (d.detected or (d.detected is None and d.version_table != "unaffected"))
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # Where an imported package keeps its version: cheaper than importlib.metadata, which is slow
@@ -95,19 +55,14 @@ class _Installed:
         self.owner = owner
         self.original = original
         self.patched = patched
-        self.enabled = True
-        self.wrapper = wrapt.FunctionWrapper(
-            original, target.wrapper(target, patched), enabled=self.is_enabled
-        )
+        self.guard = target.wrapper(target, patched)
+        self.wrapper = wrapt.FunctionWrapper(original, self.guard)
         setattr(owner, target.name, self.wrapper)
-
-    def is_enabled(self) -> bool:
-        return self.enabled
 
     def uninstall(self) -> str | None:
         """Put the original back if ours is still the class attribute, else switch ours off.
         Returns what the caller should be told when it could not simply put it back."""
-        self.enabled = False
+        self.guard.enabled = False
         current = self.owner.__dict__.get(self.target.name)
         if current is self.wrapper:
             setattr(self.owner, self.target.name, self.original)
@@ -268,6 +223,8 @@ def revert() -> Status:
 
 def status() -> Status:
     """A report of the versions, each defect, and what was patched. Does not import rq."""
+    from .report import DefectStatus, Status  # not at rq's import: the hook builds no report
+
     with _lock:
         patched = frozenset().union(*(installed.patched for installed in _installed))
         return Status(

@@ -1,5 +1,6 @@
-"""What rq-pipeline-fix does to the installed RQ, in words: for ``rq-pipeline-fix status`` and the
-pytest header.
+"""What rq-pipeline-fix does to the installed RQ: the ``Status`` record ``status()`` returns, and
+the same in words, for ``rq-pipeline-fix status`` and the pytest header. Loaded on the first
+report, not when the guard goes on at rq's import (defining dataclasses costs milliseconds).
 
 ``rq-pipeline-fix status --json`` prints one object (``schema`` is bumped on any incompatible
 change; keys may be added)::
@@ -41,9 +42,50 @@ from typing import Any
 
 from . import patcher
 from .config import DISABLE_VARIABLE, patching_disabled
-from .patcher import DefectStatus, Status
 
 SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DefectStatus:
+    """One defect of DEFECTS.md in the installed RQ.
+
+    ``detected``: what the behaviour probe saw (None: it could not tell). ``version_table``:
+    "affected", "unaffected" or "unknown" (a release newer than those measured). ``patched``:
+    the guard fixes it in this process. ``reason``: how the verdict was reached.
+    """
+
+    id: str
+    title: str
+    detected: bool | None
+    version_table: str
+    patched: bool
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """What rq-pipeline-fix did in this process. ``active``: the guard is in place and enabled;
+    ``note``: why it is not, or what happened last."""
+
+    rq_version: str | None
+    redis_version: str | None
+    active: bool
+    note: str
+    defects: tuple[DefectStatus, ...] = dataclasses.field(default=())
+
+    @property
+    def unpatched(self) -> tuple[DefectStatus, ...]:
+        """Defects detected, or not ruled out (the probe could not tell and the version table
+        does not say unaffected), but left unpatched."""
+        return tuple(
+            d
+            for d in self.defects
+            if not d.patched and (d.detected or (d.detected is None and d.version_table != "unaffected"))
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def observed_status(probe_when_disabled: bool = True) -> Status:

@@ -44,8 +44,9 @@ def is_ours(layer: object) -> bool:
 
 
 def is_enabled(layer: object) -> bool:
-    enabled = getattr(layer, "_self_enabled", None)
-    return bool(enabled()) if callable(enabled) else enabled is None or bool(enabled)
+    """Our wrapper's own off switch (``revert()`` turns it off when it cannot unwrap)."""
+    wrapper: Any = getattr(layer, "_self_wrapper", None)
+    return bool(wrapper.enabled)
 
 
 def guard_layers() -> dict[str, list[bool]]:
