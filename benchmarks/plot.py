@@ -14,6 +14,8 @@ NAMES = {
     "d": "(d)\nupstream\nalone",
     "e": "(e)\nraw\nredis-py",
     "c_rq22": "(c)\non\nRQ 2.2",
+    "a_hiredis": "(a)\nwith\nhiredis",
+    "c_hiredis": "(c)\nwith\nhiredis",
 }
 
 MODE_COLOURS = {"enqueue": "tab:blue", "enqueue_many": "tab:green"}
@@ -67,20 +69,27 @@ def _ratio_bars(
 def _guard(axis: Any, results: dict[str, Any]) -> None:
     items = []
     implied = []
+    counted = []
     for key in ("latest", "rq22"):
         guard = (results.get("guard") or {}).get(key)
         if not guard:
             continue
         rq = guard["environment"]["rq"]
+        ratios = (guard.get("instructions") or {}).get("ratio", {})
         for driving, figures in guard["enqueue"].items():
             if "ratio" in figures:
                 items.append((f"RQ {rq}\n{driving.replace('_', ' ')}", figures["ratio"]))
                 implied.append(figures.get("implied_ratio"))
+                counted.append(ratios.get(driving, {}).get("guard"))
     _ratio_bars(axis, "1. Guard on / off, per enqueue_call(pipeline=) (bars: wall clock)", items, 1.02, "x")
-    points = [(value, row) for row, value in enumerate(implied) if value is not None]
-    if points:
-        axis.plot(*zip(*points), "kD", markersize=5, label="implied by the guard's ns/call")
-        axis.legend(fontsize=7, loc="lower right")
+    for values, style, label in (
+        (implied, "kD", "implied by the guard's ns/call"),
+        (counted, "r*", "instructions (callgrind)"),
+    ):
+        points = [(value, row) for row, value in enumerate(values) if value is not None]
+        if points:
+            axis.plot(*zip(*points), style, markersize=6, label=label)
+    axis.legend(fontsize=7, loc="lower right")
     if items:
         axis.set_xlim(0.9, max(1.1, max(s["q3"] for _l, s in items) * 1.05))
 

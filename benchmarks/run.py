@@ -19,7 +19,7 @@ from typing import Any
 
 import rq_pipeline_fix  # before rq, as a user's start-up would: the guard arms on rq's import
 
-from . import dependent, guard_overhead, memory, plot, report, rq22, startup, throughput
+from . import dependent, guard_overhead, instructions, memory, plot, report, rq22, startup, throughput
 from .interpreters import REPO, ThisProcess, WorkerProcess
 from .proxy import added_round_trip, round_trip_ms
 from .settings import FULL, QUICK, Settings
@@ -82,6 +82,17 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+@contextmanager
+def _timed(name: str, seconds: dict[str, float]) -> Iterator[None]:
+    """Logs the section and adds its wall time to ``seconds`` (for the run-time budget)."""
+    _log(name)
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+
+
 def main(argv: list[str] | None = None) -> int:
     options = _arguments(argv)
     settings: Settings = QUICK if options.quick else FULL
@@ -101,16 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     results: dict[str, Any] = {"settings": settings.to_dict()}
 
+    seconds: dict[str, float] = {}  # wall time per section
     if "startup" in sections:  # first, before Redis and the workers add their own processes
-        _log("2. start-up")
-        results["startup"] = startup.measure(settings.startup_runs)
+        with _timed("2. start-up", seconds):
+            results["startup"] = startup.measure(settings.startup_runs)
 
     with ExitStack() as stack:
         url = stack.enter_context(_redis(options.redis_url))
         here = ThisProcess()
         workers: dict[str, Any] = {"latest": here}
         if use_rq22 and {"guard", "throughput"} & set(sections):
-            python = rq22.rq22_python(options.rq22_python, _log)
+            with _timed("RQ 2.2 interpreter (built on the first full run)", seconds):
+                python = rq22.rq22_python(options.rq22_python, _log)
             worker = WorkerProcess(python, "RQ 2.2 worker")
             stack.callback(worker.close)
             workers["rq22"] = worker
@@ -120,39 +133,46 @@ def main(argv: list[str] | None = None) -> int:
         if "guard" in sections:
             results["guard"] = {}
             for key, runner in workers.items():
-                _log(f"1. guard overhead ({key})")
-                results["guard"][key] = guard_overhead.measure(runner, url, settings)
+                with _timed(f"1. guard overhead ({key})", seconds):
+                    results["guard"][key] = guard_overhead.measure(runner, url, settings)
+            with _timed("1. guard overhead (latest), instructions counted by callgrind", seconds):
+                results["guard"]["latest"]["instructions"] = instructions.measure(
+                    sys.executable, url, settings.instruction_jobs
+                )
         if "throughput" in sections:
-            _log("3. throughput (calibrating the latency proxy)")
-            slow_url, delay = stack.enter_context(added_round_trip(url, settings.added_rtt_ms))
-            results["latency"] = {
-                "delay_each_way_ms": delay,
-                "direct_rtt_ms": statistics.median(round_trip_ms(url)),
-                "proxied_rtt_ms": statistics.median(round_trip_ms(slow_url)),
-            }
-            urls = {"0 ms": url, f"{settings.added_rtt_ms:g} ms": slow_url}
-            _log(f"3. throughput at {', '.join(urls)} added round-trip time")
-            results["throughput"] = throughput.measure(here, workers.get("rq22"), urls, settings)
+            with _timed("3. throughput", seconds):
+                _log("3. calibrating the latency proxy")
+                slow_url, delay = stack.enter_context(added_round_trip(url, settings.added_rtt_ms))
+                results["latency"] = {
+                    "delay_each_way_ms": delay,
+                    "direct_rtt_ms": statistics.median(round_trip_ms(url)),
+                    "proxied_rtt_ms": statistics.median(round_trip_ms(slow_url)),
+                }
+                urls = {"0 ms": url, f"{settings.added_rtt_ms:g} ms": slow_url}
+                _log(f"3. throughput at {', '.join(urls)} added round-trip time")
+                results["throughput"] = throughput.measure(here, workers.get("rq22"), urls, settings)
         if "dependent" in sections:
-            _log("4. dependent jobs")
-            results["dependent"] = dependent.measure(here, url, settings)
+            with _timed("4. dependent jobs", seconds):
+                results["dependent"] = dependent.measure(here, url, settings)
         if "memory" in sections:
-            _log("5. memory")
-            results["memory"] = memory.measure(
-                url, settings.memory_jobs, settings.memory_batches, settings.memory_batch_jobs
-            )
+            with _timed("5. memory", seconds):
+                results["memory"] = memory.measure(
+                    url, settings.memory_jobs, settings.memory_batches, settings.memory_batch_jobs
+                )
 
     environment = results["environments"]["latest"]
     results["meta"] = {
         "quick": options.quick,
         "sections": sections,
         "wall_seconds": time.perf_counter() - started,
+        "section_seconds": seconds,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": _git_commit(),
         "python": platform.python_version(),
         "rq": environment["rq"],
         "redis_py": environment["redis_py"],
-        "hiredis": environment["hiredis"],
+        "parser": environment["parser"],
+        "hiredis_installed": environment["hiredis_installed"],
         "redis_server": redis_server,
         "rq_pipeline_fix_status": rq_pipeline_fix.status().note,
         "cpus": os.cpu_count(),

@@ -14,6 +14,7 @@ class Settings:
     guard_shared_jobs: int  # enqueues per round into one shared pipeline (RQ >= 2.3)
     micro_rounds: int
     micro_calls: int  # setup_dependencies calls per round
+    instruction_jobs: int  # enqueues counted by callgrind, per driving and variant
     # 2. start-up
     startup_runs: int  # runs of each of the four commands
     # 3. throughput
@@ -35,13 +36,14 @@ class Settings:
 
 
 FULL = Settings(
-    guard_rounds=30,
+    guard_rounds=20,
     guard_jobs=500,
     guard_shared_jobs=1000,
-    micro_rounds=10,
-    micro_calls=200_000,
-    startup_runs=40,
-    throughput_rounds=4,
+    micro_rounds=6,
+    micro_calls=100_000,
+    instruction_jobs=300,
+    startup_runs=30,
+    throughput_rounds=3,
     throughput_jobs=10_000,
     throughput_queues=10,
     slow_jobs=1000,
@@ -59,6 +61,7 @@ QUICK = Settings(
     guard_shared_jobs=300,
     micro_rounds=3,
     micro_calls=20_000,
+    instruction_jobs=30,
     startup_runs=6,
     throughput_rounds=2,
     throughput_jobs=1000,

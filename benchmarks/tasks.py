@@ -10,13 +10,13 @@ from typing import Any, Callable
 
 from . import workload
 
-_clients: dict[tuple[str, bool], Any] = {}
+_clients: dict[tuple[str, bool, str], Any] = {}
 
 
-def _client(url: str, counting: bool = False) -> Any:
-    key = (url, counting)
+def _client(url: str, counting: bool = False, parser: str = "python") -> Any:
+    key = (url, counting, parser)
     if key not in _clients:
-        _clients[key] = workload.connect(url, counting=counting)
+        _clients[key] = workload.connect(url, counting=counting, parser=parser)
     return _clients[key]
 
 
@@ -31,7 +31,6 @@ def set_guard(on: bool) -> None:
 
 def environment() -> dict[str, Any]:
     import redis
-    import redis.utils
     import rq
 
     import rq_pipeline_fix
@@ -41,7 +40,8 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "rq": rq.__version__,
         "redis_py": redis.__version__,
-        "hiredis": bool(getattr(redis.utils, "HIREDIS_AVAILABLE", False)),  # redis-py packs and parses in C
+        "hiredis_installed": workload.hiredis_installed(),
+        "parser": "python",  # every figure but the (a)/(c) hiredis variants: what a default install runs
         "guard": status.note,
         "defects_patched": sorted(d.id for d in status.defects if d.patched),
     }
@@ -59,10 +59,12 @@ _BATCHES: dict[str, Callable[[Any, int, int], float]] = {
 }
 
 
-def batch(url: str, kind: str, jobs: int, queues: int, guard: bool = True) -> dict[str, Any]:
+def batch(
+    url: str, kind: str, jobs: int, queues: int, guard: bool = True, parser: str = "python"
+) -> dict[str, Any]:
     """Seconds for one batch of ``kind``; ``error`` instead when this RQ raises on it."""
     set_guard(guard)
-    client = _client(url)
+    client = _client(url, parser=parser)
     try:
         return {"seconds": _BATCHES[kind](client, jobs, queues)}
     except Exception as exc:  # e.g. RQ 2.2 without the guard: nested MULTI (D1)

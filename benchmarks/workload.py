@@ -29,11 +29,39 @@ class CountingConnectionMixin:
         return super().send_packed_command(*args, **kwargs)  # type: ignore[misc]
 
 
-def connect(url: str, counting: bool = False) -> Any:
-    """A client on ``url`` with its connection already open (the handshake is never timed)."""
+PARSERS = ("python", "hiredis")
+
+
+def hiredis_installed() -> bool:
+    import redis.utils
+
+    return bool(getattr(redis.utils, "HIREDIS_AVAILABLE", False))
+
+
+def _pure_python_protocol() -> dict[str, Any]:
+    """Connection options that keep redis-py's own Python parser and command packer where hiredis
+    is installed (redis-py then uses it for both): what a default install of RQ runs."""
+    if not hiredis_installed():
+        return {}
+    from redis._parsers import Encoder, _RESP2Parser
+    from redis.connection import PythonRespSerializer
+
+    encoder = Encoder(encoding="utf-8", encoding_errors="strict", decode_responses=False)  # type: ignore[no-untyped-call]
+    encode = encoder.encode
+    return {"parser_class": _RESP2Parser, "command_packer": PythonRespSerializer(6000, encode)}
+
+
+def connect(url: str, counting: bool = False, parser: str = "python") -> Any:
+    """A client on ``url`` with its connection already open (the handshake is never timed).
+    ``parser``: "python" (redis-py's own, the default install) or "hiredis" (redis-py's C parser
+    and packer, ``pip install redis[hiredis]``)."""
     import redis
 
     options: dict[str, Any] = {"socket_timeout": 300}  # the slowest batches outlast redis-py's 5 s default
+    if parser == "python":
+        options.update(_pure_python_protocol())
+    elif not hiredis_installed():
+        raise RuntimeError("hiredis is not installed")
     if counting:
         options["connection_class"] = type(
             "CountingConnection", (CountingConnectionMixin, redis.Connection), {}
