@@ -60,6 +60,19 @@ def _instruction_rows(counted: Any, rq: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _startup_instruction_rows(counted: Any) -> list[dict[str, Any]]:
+    """Callgrind's counts of whole processes; wrapt's own import beside ours (no ms: the kernel's
+    share of start-up is not counted)."""
+    if not counted:
+        return []
+    if "skipped" in counted:
+        return [_row("2. start-up instructions (callgrind)", None, counted["skipped"])]
+    return [
+        _row(f"2. start-up instructions: {name}", delta / 1e6, "callgrind", unit="M")
+        for name, delta in counted["delta_instructions"].items()
+    ]
+
+
 def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for key, label in (("latest", "latest RQ"), ("rq22", "RQ 2.2")):
@@ -98,6 +111,7 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(_median_row(f"2. start-up CPU: {name}", stats, "ms", "<= +3 ms", lambda v: v <= 3.0))
         for name, stats in startup["wall_delta_ms"].items():
             rows.append(_median_row(f"2. start-up wall clock: {name}", stats, "ms"))
+        rows += _startup_instruction_rows(startup.get("callgrind"))
         for name, stats in startup["import_statement_cpu_ms"].items():
             rows.append(
                 _median_row(f"2. CPU of the import statement, timed in the child, {name}", stats, "ms")

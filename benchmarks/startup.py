@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -111,6 +113,38 @@ def import_breakdown(code: str, module: str = "rq_pipeline_fix", top: int = 6) -
     return {"cumulative_us": 0, "largest_imports": [], "note": f"{module} was already imported"}
 
 
+# Instruction counts (callgrind) of whole processes: what each command executes, unmoved by other
+# work on the machine. "import rq; import wrapt" gives the share of wrapt's own import.
+COUNTED = {**COMMANDS, "import rq; import wrapt": "import rq; import wrapt"}
+COUNTED_DELTAS = (*DELTAS, ("import rq; import wrapt", "import rq"))
+
+
+def instructions() -> dict[str, Any]:
+    """Instructions of each command in COUNTED and the deltas (user space only: the kernel's
+    share of a process's CPU time, e.g. reading files, is not counted, so there is no fair
+    conversion to milliseconds)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return {"skipped": "valgrind is not installed (Debian: apt-get install valgrind)"}
+    environment = {**_environment(), "PYTHONHASHSEED": "0"}
+    counts = {}
+    for name, code in COUNTED.items():
+        child = subprocess.run(
+            [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code],
+            cwd=REPO, env=environment, capture_output=True, text=True,
+        )  # fmt: skip
+        found = re.search(r"Collected : (\d+)", child.stderr)
+        if child.returncode or found is None:
+            return {"skipped": f"{name}: callgrind run failed: {child.stderr.strip()[-300:]}"}
+        counts[name] = int(found.group(1))
+    return {
+        "instructions": counts,
+        "delta_instructions": {
+            f"{slower} - {baseline}": counts[slower] - counts[baseline] for slower, baseline in COUNTED_DELTAS
+        },
+    }
+
+
 def measure(runs: int) -> dict[str, Any]:
     for code in COMMANDS.values():
         for _ in range(2):
@@ -126,6 +160,7 @@ def measure(runs: int) -> dict[str, Any]:
         }
     return {
         **result,
+        "callgrind": instructions(),
         "import_statement_cpu_ms": {
             "alone": import_statement_ms("pass", max(5, runs // 4)),
             "after import rq": import_statement_ms("import rq", max(5, runs // 4)),
