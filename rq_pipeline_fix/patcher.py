@@ -8,6 +8,7 @@ is and the reason is said once, as a warning and a log record.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import sys
@@ -34,7 +35,13 @@ _VERSION_ATTRIBUTES = {"rq": ("rq.version", "VERSION"), "redis": ("redis", "__ve
 
 def _version(distribution: str) -> str | None:
     module_name, attribute = _VERSION_ATTRIBUTES[distribution]
-    version = getattr(sys.modules.get(module_name), attribute, None)
+    module = sys.modules.get(module_name)
+    if module is None and distribution in sys.modules:
+        # The import hook runs while rq/__init__ is still importing rq.queue, before it reaches
+        # rq.version: that module is one line, the package metadata is ~3 ms to read.
+        with contextlib.suppress(Exception):
+            module = importlib.import_module(module_name)
+    version = getattr(module, attribute, None)
     if isinstance(version, str):
         return version
     from importlib import metadata
@@ -141,8 +148,6 @@ def _apply() -> None:
 
 def _find(target: Any) -> tuple[type, Any] | None:
     """The class that defines ``target`` and the attribute in its ``__dict__``, if this RQ has it."""
-    import importlib
-
     try:
         module = importlib.import_module(target.module)
     except ImportError:

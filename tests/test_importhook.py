@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from types import ModuleType
 import pytest
 
 from rq_pipeline_fix.importhook import _PostImportFinder, when_imported
+from tests.conftest import child_environment
 
 
 @pytest.fixture
@@ -57,3 +59,25 @@ def test_failed_import_keeps_the_hook_for_the_next_attempt(module_dir: Path) -> 
     importlib.invalidate_caches()
     fixed = importlib.import_module("hooked_broken")
     assert seen == [fixed] and fixed.FIXED
+
+
+def test_the_hook_reads_rqs_version_without_the_package_metadata() -> None:
+    """The hook fires while rq/__init__ is still importing rq.queue, before rq.version is: the
+    version must still come from rq.version, not from reading the package metadata (about
+    3 ms at every start-up where the guard goes on at rq's import: pytest, the runner)."""
+    code = (
+        "import importlib.metadata as metadata\n"
+        "asked = []\n"
+        "real = metadata.version\n"
+        "metadata.version = lambda name: asked.append(name) or real(name)\n"
+        "import rq_pipeline_fix\n"
+        "import rq, rq.version\n"
+        "status = rq_pipeline_fix.status()\n"
+        "assert status.active and status.rq_version == rq.version.VERSION, status\n"
+        "print(asked)\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code], env=child_environment(), capture_output=True, text=True, timeout=120
+    )
+    assert child.returncode == 0, child.stderr
+    assert "'rq'" not in child.stdout, f"importlib.metadata.version was asked for: {child.stdout}"
