@@ -74,10 +74,15 @@ def innermost(attribute: object) -> object:
     return attribute
 
 
-def run_python(code: str, **environment: str | None) -> subprocess.CompletedProcess[str]:
+def run_python(code: str, *argv: str, **environment: str | None) -> subprocess.CompletedProcess[str]:
     env = child_environment(**{"PYTHONPATH": REPOSITORY, **environment})
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=TIMEOUT
+        [sys.executable, "-c", code, *argv],
+        cwd=REPOSITORY,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
 
 
@@ -251,14 +256,7 @@ def test_import_plugin_and_sitecustomize_in_one_process_wrap_once(
     expected_layers: dict[str, list[bool]],
 ) -> None:
     pythonpath = os.pathsep.join([BOOTSTRAP_DIR, REPOSITORY])
-    shown = subprocess.run(
-        [sys.executable, "-c", ARM_EVERY_WAY, BOOTSTRAP_DIR],
-        cwd=REPOSITORY,
-        env=child_environment(PYTHONPATH=pythonpath),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    shown = run_python(ARM_EVERY_WAY, BOOTSTRAP_DIR, PYTHONPATH=pythonpath)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout) == expected_layers
 
@@ -306,14 +304,7 @@ def test_forked_child_enqueues_a_batch_that_needs_the_guard(connection: redis.Re
     """The child inherits the patched classes and our module state; the parent's batch, WATCHing
     through the guard when it forked, still lands after the child's."""
     Queue("parents", connection=connection).enqueue_call(record, job_id="existing")
-    shown = subprocess.run(
-        [sys.executable, "-c", FORK, redis_url],
-        cwd=REPOSITORY,
-        env=child_environment(PYTHONPATH=REPOSITORY),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    shown = run_python(FORK, redis_url)
     assert shown.returncode == 0, shown.stderr
     assert connection.get("child-side") == b"1" and connection.get("parent-side") == b"1"
     high = Queue("high", connection=connection)
