@@ -14,34 +14,22 @@ throwaway redis-server. Child: ``python -m benchmarks.flatness --child URL JOBS`
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import subprocess
 import sys
 from typing import Any
 
-from .interpreters import REPO
+from . import callgrind
 
 WARM_UP = 200
 
 
 def count(url: str, jobs: int) -> int:
     """Instructions of one batch of ``jobs`` enqueues, counted in a child under callgrind."""
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
-    command = [
-        valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null",
-        "--collect-atstart=no", "--toggle-collect=functools_reduce",
-        sys.executable, "-m", "benchmarks.flatness", "--child", url, str(jobs),
-    ]  # fmt: skip
+    command = [sys.executable, "-m", "benchmarks.flatness", "--child", url, str(jobs)]
     environment = {k: v for k, v in os.environ.items() if not k.startswith("RQ_PIPELINE_FIX_")}
-    environment["PYTHONHASHSEED"] = "0"
-    child = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True)
-    found = re.search(r"Collected : (\d+)", child.stderr)
-    if child.returncode or found is None:
-        raise SystemExit(f"callgrind run failed: {child.stderr.strip()[-500:]}")
-    return int(found.group(1))
+    try:
+        return callgrind.collected(command, environment, *callgrind.ONLY_IN_REDUCE)
+    except callgrind.CallgrindFailed as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def _child(url: str, jobs: int) -> None:

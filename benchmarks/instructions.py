@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from .interpreters import REPO
+from . import callgrind
 
 VARIANTS = ("original", "bare wrapt", "guard")
 DRIVINGS = ("shared_pipeline", "fresh_pipeline")  # in the order the child runs them
@@ -34,26 +32,26 @@ _TOTALS = re.compile(r"^totals: (\d+)$", re.MULTILINE)
 
 def measure(python: str, url: str, jobs: int) -> dict[str, Any]:
     """Instructions per enqueue for each driving and variant, and each variant's ratio to the original."""
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        return {"skipped": "valgrind is not installed (Debian: apt-get install valgrind)"}
     counts: dict[str, dict[str, float]] = {driving: {} for driving in DRIVINGS}
     for variant in VARIANTS:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("RQ_PIPELINE_FIX_")}
+        if variant != "guard":
+            environment["RQ_PIPELINE_FIX_DISABLE"] = "1"  # in case a start-up hook imports us
+        command = [python, "-m", "benchmarks.instructions", variant, url, str(jobs)]
         with tempfile.TemporaryDirectory() as directory:
             output = Path(directory, "callgrind.out")
-            command = [
-                valgrind, "--tool=callgrind", f"--callgrind-out-file={output}",
-                "--collect-atstart=no", "--toggle-collect=functools_reduce", "--dump-after=functools_reduce",
-                python, "-m", "benchmarks.instructions", variant, url, str(jobs),
-            ]  # fmt: skip
-            environment = {k: v for k, v in os.environ.items() if not k.startswith("RQ_PIPELINE_FIX_")}
-            environment["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every child
-            if variant != "guard":
-                environment["RQ_PIPELINE_FIX_DISABLE"] = "1"  # in case a start-up hook imports us
-            child = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True)
+            options = (
+                f"--callgrind-out-file={output}",
+                *callgrind.ONLY_IN_REDUCE,
+                "--dump-after=functools_reduce",
+            )
+            try:
+                callgrind.run(command, environment, *options)  # one dump per loop: output.1, output.2
+            except callgrind.CallgrindFailed as exc:
+                return {"skipped": f"{variant}: {exc}"}
             dumps = [Path(f"{output}.{part}") for part in range(1, len(DRIVINGS) + 1)]
-            if child.returncode or not all(dump.exists() for dump in dumps):
-                return {"skipped": f"{variant}: callgrind run failed: {child.stderr.strip()[-300:]}"}
+            if not all(dump.exists() for dump in dumps):
+                return {"skipped": f"{variant}: callgrind wrote no dump for each loop"}
             for driving, dump in zip(DRIVINGS, dumps):
                 found = _TOTALS.search(dump.read_text())
                 assert found is not None, f"no totals in {dump}"

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 import time
 from functools import partial
 from typing import Any
 
+from . import callgrind
 from .interpreters import REPO
 from .rounds import alternate
 from .stats import summary
@@ -123,20 +122,13 @@ def instructions() -> dict[str, Any]:
     """Instructions of each command in COUNTED and the deltas (user space only: the kernel's
     share of a process's CPU time, e.g. reading files, is not counted, so there is no fair
     conversion to milliseconds)."""
-    valgrind = shutil.which("valgrind")
-    if valgrind is None:
-        return {"skipped": "valgrind is not installed (Debian: apt-get install valgrind)"}
-    environment = {**_environment(), "PYTHONHASHSEED": "0"}
-    counts = {}
-    for name, code in COUNTED.items():
-        child = subprocess.run(
-            [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", code],
-            cwd=REPO, env=environment, capture_output=True, text=True,
-        )  # fmt: skip
-        found = re.search(r"Collected : (\d+)", child.stderr)
-        if child.returncode or found is None:
-            return {"skipped": f"{name}: callgrind run failed: {child.stderr.strip()[-300:]}"}
-        counts[name] = int(found.group(1))
+    try:
+        counts = {
+            name: callgrind.collected([sys.executable, "-c", code], _environment())
+            for name, code in COUNTED.items()
+        }
+    except callgrind.CallgrindFailed as exc:
+        return {"skipped": str(exc)}
     return {
         "instructions": counts,
         "delta_instructions": {
