@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from rq.job import Job
 
 import rq_pipeline_fix
 
-from .server import RedisServerNotFound, running_redis_server
+from .server import RedisServerNotFound, redact_url, remove_marked, running_redis_server
 
 KEY_MARK = "rq-pipeline-fix-demo"
 QUEUE_NAMES = ("high", "default", "low")
@@ -103,11 +102,7 @@ def _demo_keys(connection: redis.Redis) -> Iterator[Any]:
 
 def clean_up(connection: redis.Redis) -> None:
     """Delete every key the demo wrote, and its queues from RQ's set of queues; nothing else."""
-    keys = list(_demo_keys(connection))
-    if keys:
-        connection.delete(*keys)
-    queue_keys = [Queue(queue_name(name), connection=connection).key for name in QUEUE_NAMES]
-    connection.srem(Queue.redis_queues_keys, *queue_keys)
+    remove_marked(connection, KEY_MARK, Queue.redis_queues_keys)
 
 
 def run(url: str | None = None, out: TextIO = sys.stdout) -> int:
@@ -115,7 +110,7 @@ def run(url: str | None = None, out: TextIO = sys.stdout) -> int:
     try:
         with running_redis_server(url) as redis_url:
             started_here = not (url or os.environ.get("REDIS_URL"))
-            where = f"{_redact(redis_url)} ({'started for this demo' if started_here else 'REDIS_URL'})"
+            where = f"{redact_url(redis_url)} ({'started for this demo' if started_here else 'REDIS_URL'})"
             connection = redis.Redis.from_url(redis_url)
             try:
                 clean_up(connection)
@@ -171,7 +166,3 @@ def _attempt(connection: redis.Redis) -> str | None:
     except Exception as exc:  # shown, whatever it is: that is the point of the demo
         return f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
     return None
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"//[^@/]*@", "//***@", url)

