@@ -1,11 +1,15 @@
 """``rq-pipeline-fix`` / ``python -m rq_pipeline_fix``: see what the package does, and show it working.
 
-    status [--json]   versions, each defect: present, patched, why. Exit 0 when RQ is correct or
-                      fully patched, 1 when a defect is left unpatched (or nothing could be probed).
-                      The --json schema is documented in rq_pipeline_fix/report.py.
-    demo              the scenario of RQ issue #2211 against $REDIS_URL, else a redis-server
-                      started for the demo: fails without the guard, lands with it. Exit 0: it did.
-    run -- CMD ...    run CMD with the guard armed in every Python it starts (= rq-pipeline-fix-run).
+status [--json]   versions, each defect: present, patched, why. Exit 0 when RQ is correct or
+                  fully patched, 1 when a defect is left unpatched (or nothing could be probed).
+                  The --json schema is documented in rq_pipeline_fix/report.py.
+demo              the scenario of RQ issue #2211 against $REDIS_URL, else a redis-server
+                  started for the demo: fails without the guard, lands with it. Exit 0: it did.
+selftest [--url URL]  the scenario families against your server (URL, else $REDIS_URL), first
+                  with RQ as installed, then with the guard. Exit 0: every family passes with
+                  the guard. Writes only keys of its own and removes them; refuses a cluster,
+                  a replica, a user without write permission (exit statuses in selftest.py).
+run -- CMD ...    run CMD with the guard armed in every Python it starts (= rq-pipeline-fix-run).
 """
 
 from __future__ import annotations
@@ -32,6 +36,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print one JSON object (schema: rq_pipeline_fix/report.py)"
     )
     commands.add_parser("demo", help="the seed scenario for real: fails without the guard, lands with it")
+    selftest = commands.add_parser(
+        "selftest",
+        help="the scenario families against your server: RQ as installed, then with the guard",
+        description=(
+            "Runs the scenario families that concern a server (shared pipeline across queues, the "
+            "caller's buffered commands, dependents in MULTI and via enqueue_many, WATCH + WatchError, "
+            "enqueue_many/enqueue_at mixed, an aborted batch) against the server you name, first with "
+            "RQ as installed, then with the guard, and prints a table. Safe on a production server: it "
+            "writes only keys and queue names of its own (unique per run), never flushes, and removes "
+            "what it wrote, also when interrupted."
+        ),
+        epilog=(
+            "Exit status: 0 every family passes with the guard; 1 a family fails with it; 2 no server "
+            "named; 3 the server cannot be reached (or the clean-up could not finish); 4 refused: a "
+            "cluster; 5 refused: a replica; 6 refused: the user may not run a command it needs; "
+            "128+N stopped by signal N: SIGINT, SIGTERM, SIGHUP (after the clean-up)."
+        ),
+    )
+    selftest.add_argument(
+        "--url",
+        help="the server to test, e.g. redis://:PASSWORD@HOST:6379/0 or rediss://...; default: $REDIS_URL "
+        "(the first line printed names the server and where its URL came from); one of the two is required",
+    )
     run = commands.add_parser("run", help="run CMD with the guard armed in every Python it starts")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     return parser
@@ -45,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import demo  # imports rq: only for this command
 
         return demo.run()
+    if arguments.command == "selftest":
+        from . import selftest  # imports rq: only for this command
+
+        return selftest.run(arguments.url)
     from .runner import exec_with_bootstrap
 
     return exec_with_bootstrap(arguments.cmd)
