@@ -268,7 +268,7 @@ def dependents_in_multi(s: Scenario) -> None:
 def _enqueue_many_takes_depends_on() -> str | None:
     if "depends_on" in inspect.signature(Queue.prepare_data).parameters:
         return None
-    return "enqueue_many takes depends_on from RQ 1.15 on"
+    return "enqueue_many: no depends_on before RQ 1.15"
 
 
 def dependents_in_enqueue_many(s: Scenario) -> None:

@@ -4,7 +4,9 @@ direction and stays down (accepting and closing at once) until ``restore()``.
 
 Down rather than merely dropping: redis-py retries a failed ``execute()`` on a new connection,
 and a server that is really gone must not answer those retries. No Redis behaviour is faked:
-everything that reaches the server is what the client sent, cut at a byte boundary.
+everything that reaches the server is what the client sent, cut at a byte boundary -- unless a
+``rewrite`` is given, which changes the bytes forwarded to stand for a server or proxy that
+behaves differently (e.g. one that ignores WATCH).
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ CHUNK = 65536
 
 
 class CuttingProxy:
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(
+        self, upstream_port: int, rewrite: Callable[[Direction, bytes], bytes] | None = None
+    ) -> None:
         self.upstream_port = upstream_port
+        self.rewrite = rewrite
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -102,6 +107,8 @@ class CuttingProxy:
                 data = source.recv(CHUNK)
                 if not data:
                     break
+                if self.rewrite is not None:
+                    data = self.rewrite(direction, data)
                 with self._lock:
                     allowed = self._armed.get(direction)
                     if allowed is not None:
