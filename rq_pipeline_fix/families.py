@@ -168,13 +168,15 @@ class Scenario:
             if not low <= found[label] <= high:
                 raise Failed(f"{label} is scheduled at {found[label]}, expected {low}..{high}")
 
-    def value_is(self, key_label: str, expected: bytes | None) -> None:
+    # Replies compared as text: the URL may ask for decode_responses, which the observer gets too.
+    def value_is(self, key_label: str, expected: str | None) -> None:
         found = self.observer.get(self.key(key_label))
+        found = None if found is None else as_text(found)
         if found != expected:
             raise Failed(f"the caller's key {key_label} is {found!r}, expected {expected!r}")
 
-    def list_is(self, key_label: str, *expected: bytes) -> None:
-        found = self.observer.lrange(self.key(key_label), 0, -1)
+    def list_is(self, key_label: str, *expected: str) -> None:
+        found = [as_text(item) for item in self.observer.lrange(self.key(key_label), 0, -1)]
         if found != list(expected):
             raise Failed(f"the caller's list {key_label} is {found!r}, expected {list(expected)!r}")
 
@@ -206,8 +208,8 @@ def shared_pipeline_across_queues(s: Scenario) -> None:
     for label in labels:
         s.queue_holds(label, f"job-{label}")
         s.status_is(f"job-{label}", JobStatus.QUEUED)
-    listed = s.observer.smembers(Queue.redis_queues_keys)
-    missing = [label for label in labels if s.queue(label).key.encode() not in listed]
+    listed = {as_text(member) for member in s.observer.smembers(Queue.redis_queues_keys)}
+    missing = [label for label in labels if as_text(s.queue(label).key) not in listed]
     if missing:
         raise Failed(f"queues {missing} are not in {Queue.redis_queues_keys}")
 
@@ -224,8 +226,8 @@ def callers_commands_in_the_pipeline(s: Scenario) -> None:
         pipe.rpush(s.key("log"), "after")
         s.nothing_landed("before execute()")
         pipe.execute()
-    s.value_is("counter", b"1")
-    s.list_is("log", b"between", b"after")
+    s.value_is("counter", "1")
+    s.list_is("log", "between", "after")
     s.queue_holds("a", "first", "third")
     s.queue_holds("b", "second")
     for label in ("first", "second", "third"):
@@ -298,7 +300,7 @@ def dependents_in_enqueue_many(s: Scenario) -> None:
         )
         s.nothing_landed("before execute() of a pipeline holding the caller's command")
         pipe.execute()
-    s.value_is("counter", b"2")
+    s.value_is("counter", "2")
     s.queue_holds("a", "parent")
     s.queue_holds("b", "free", "after-done")
     s.status_is("after-done", JobStatus.QUEUED)
@@ -334,7 +336,7 @@ def watch_and_watch_error(s: Scenario) -> None:
     s.client.transaction(transfer, s.key("balance"))
     if len(attempts) != 2:
         raise Failed("the server ran EXEC although another connection had changed a WATCHed key")
-    s.value_is("balance", b"19")
+    s.value_is("balance", "19")
     s.queue_holds("a", "many")
     s.queue_holds("b", "call")
     s.scheduled_at("a", {"at": _at(when)})
@@ -355,7 +357,7 @@ def watch_and_watch_error(s: Scenario) -> None:
     s.client.transaction(enqueue_child)
     if len(tries) != 2:
         raise Failed("the batch committed although its dependency changed between the check and EXEC")
-    s.value_is("counter", b"1")
+    s.value_is("counter", "1")
     s.queue_holds("b", "call", "child")
     s.status_is("child", JobStatus.QUEUED)
     s.deferred_registry_holds("b")
@@ -386,7 +388,7 @@ def enqueue_many_and_enqueue_at_mixed(s: Scenario) -> None:
         latest = time.time()
         s.nothing_landed("before execute()")
         pipe.execute()
-    s.value_is("counter", b"1")
+    s.value_is("counter", "1")
     s.queue_holds("a", "many-1", "many-2")
     s.queue_holds("b", "call")
     s.scheduled_at("a", {"at": _at(when)})
