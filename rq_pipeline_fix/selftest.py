@@ -45,7 +45,8 @@ EXIT_INTERRUPTED = 130  # SIGINT (128 + 2), after the clean-up; SIGTERM 143, SIG
 
 MARK = "rq-pipeline-fix-selftest"
 CLIENT_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 10, "socket_timeout": 10}  # URL options win
-COLUMNS = (("rq", "RQ as installed"), ("guard", "with the guard"))
+# The table's columns, in the order they run: id (in the run's names), title, how the guard is set.
+COLUMNS = (("rq", "RQ as installed", "revert"), ("guard", "with the guard", "apply"))
 CELL_WIDTH = 48  # the table stays readable; the guard's failures are also printed whole
 
 
@@ -378,10 +379,10 @@ def _run(test: SelfTest, out: TextIO, started: float) -> int:
     outcomes: dict[str, list[Outcome]] = {}
     test.began_writing = True
     try:
-        rq_pipeline_fix.revert()
-        outcomes["rq"] = [attempt(test, family, "rq") for family in families.FAMILIES]
-        rq_pipeline_fix.apply()
-        outcomes["guard"] = [attempt(test, family, "guard") for family in families.FAMILIES]
+        for column, _title, switch in COLUMNS:
+            with _signals_held():  # a signal must not leave the guard half on
+                getattr(rq_pipeline_fix, switch)()
+            outcomes[column] = [attempt(test, family, column) for family in families.FAMILIES]
     finally:
         test.finish()
     echo(_table(outcomes) + "\n\n")
@@ -409,9 +410,9 @@ def _run(test: SelfTest, out: TextIO, started: float) -> int:
 
 
 def _table(outcomes: dict[str, list[Outcome]]) -> str:
-    rows = [("family", *(title for _column, title in COLUMNS))]
+    rows = [("family", *(title for _column, title, _switch in COLUMNS))]
     for index, family in enumerate(families.FAMILIES):
-        rows.append((family.title, *(outcomes[column][index].cell() for column, _title in COLUMNS)))
+        rows.append((family.title, *(outcomes[column][index].cell() for column, _title, _switch in COLUMNS)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip()
