@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
             "what it wrote, also when interrupted."
         ),
         epilog=(
-            "Exit status: 0 every family passes with the guard; 1 a family fails with it; 2 no server "
-            "named; 3 the server cannot be reached (or the clean-up could not finish); 4 refused: a "
+            "Exit status: 0 every family passes with the guard; 1 a family fails with it (or the "
+            "server refuses the commands every family needs); 2 no server named, or a URL it cannot "
+            "use; 3 the server cannot be reached (or the clean-up could not finish); 4 refused: a "
             "cluster; 5 refused: a replica; 6 refused: the user may not run a command it needs; "
             "128+N stopped by signal N: SIGINT, SIGTERM, SIGHUP (after the clean-up)."
         ),
