@@ -7,20 +7,38 @@ or splits the caller's batch, so the check runs here instead, with the same cont
 are WATCHed on the connection that will run the caller's EXEC before the statuses are read, so a
 parent that changes before the caller's ``execute()`` aborts the whole batch with WatchError.
 Everything else is buffered in the caller's transaction: nothing reaches Redis before it runs.
+
+Each parent is judged by the status the batch will leave it with: the last status the batch's
+own buffered commands set in its hash (an enqueue sets queued, deferred or scheduled; a re-save
+of a finished job sets finished), else the one in Redis, read under WATCH. Which statuses count
+as met is the installed RQ's answer, asked of RQ's own code (``rq_counts_as_met``).
 """
 
 from __future__ import annotations
 
+import enum
+import inspect
+import logging
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from .pipelines import buffered_hash_keys, start_transaction, watched_field
+from .pipelines import NO_STATUS, start_transaction, statuses_written, watched_field
+
+
+class Path(str, enum.Enum):
+    """RQ's two dependency checks, which do not always agree (e.g. on ``allow_failure`` before 3.0)."""
+
+    ENQUEUE = "Queue.setup_dependencies"  # enqueue, enqueue_call, enqueue_job: one job
+    ENQUEUE_MANY = (
+        "Job.dependencies_are_met"  # enqueue_many, through Dependency.get_jobs_with_met_dependencies
+    )
 
 
 def setup_in_transaction(queue: Any, job: Any, pipe: Any) -> Any:
     """``Queue.setup_dependencies`` for a pipeline in MULTI or holding buffered commands."""
     start_transaction(pipe)
-    if not must_wait([job], pipe)[0]:
+    if not must_wait([job], pipe, Path.ENQUEUE)[0]:
         return job
     from rq.job import JobStatus
 
@@ -42,39 +60,178 @@ def split_in_transaction(
     jobs = list(jobs)
     for job in jobs:
         job.register_dependency(pipeline=pipe)
-    waits = must_wait(jobs, pipe)
+    waits = must_wait(jobs, pipe, Path.ENQUEUE_MANY)
     return [job for job, wait in zip(jobs, waits) if not wait], [
         job for job, wait in zip(jobs, waits) if wait
     ]
 
 
-def must_wait(jobs: list[Any], pipe: Any) -> list[bool]:
+_NOT_IN_BATCH: Any = object()
+
+
+def must_wait(jobs: list[Any], pipe: Any, path: Path) -> list[bool]:
     """Whether each job has a parent that keeps it deferred, decided inside the caller's
     transaction (already started) with at most one round trip.
 
-    A parent only buffered in this pipeline is unfinished whatever Redis holds, so a job with
-    one waits without anything being read. The other jobs' parents are WATCHed before their
-    status is read (``watched_field``); a parent missing from Redis is ignored, as RQ does.
+    A parent whose status this batch sets is judged by that status, whatever Redis holds, so a
+    job with such an unfinished parent waits without anything being read. The other parents are
+    WATCHed before their status is read (``watched_field``); a parent missing from Redis and not
+    written by the batch is ignored, as RQ does.
     """
-    buffered = buffered_hash_keys(pipe)
+    in_batch = statuses_written(pipe)
     parent_keys = [[job.key_for(parent_id) for parent_id in job._dependency_ids] for job in jobs]
-    waiting_on_batch = [any(key in buffered for key in keys) for keys in parent_keys]
-    to_read = [key for keys, waits in zip(parent_keys, waiting_on_batch) if not waits for key in keys]
+    decided: list[bool | None] = []  # True: waits; None: Redis has the last word
+    to_read: list[Any] = []
+    for job, keys in zip(jobs, parent_keys):
+        allow_failure = _allows_failure(job)
+        unread = [key for key in keys if in_batch.get(key, NO_STATUS) is NO_STATUS]
+        set_here = [in_batch[key] for key in keys if key not in unread]
+        if not all(rq_counts_as_met(path, status, allow_failure) for status in set_here):
+            decided.append(True)
+        else:
+            decided.append(None if unread else False)
+            to_read += unread
     statuses = watched_field(pipe, to_read, "status") if to_read else {}
     return [
-        waits or not all(_is_met(statuses[key], job) for key in keys)
-        for job, keys, waits in zip(jobs, parent_keys, waiting_on_batch)
+        bool(waits)
+        if waits is not None
+        else not all(_met_in_redis(path, statuses[key], key in in_batch, job) for key in keys)
+        for job, keys, waits in zip(jobs, parent_keys, decided)
     ]
 
 
-def _is_met(status: Any, job: Any) -> bool:
-    """FINISHED parents are met, and FAILED ones when the job has ``allow_failure``; a parent
-    missing from Redis (no status) counts as met, as in RQ."""
+def _met_in_redis(path: Path, status: Any, written_by_batch: bool, job: Any) -> bool:
+    if status is None and not written_by_batch:
+        return True  # missing from Redis, and the batch does not create it: RQ ignores it
+    return rq_counts_as_met(path, status, _allows_failure(job))
+
+
+def _allows_failure(job: Any) -> bool:
+    return bool(getattr(job, "allow_dependency_failures", False))  # Dependency(allow_failure=) from 1.11
+
+
+# --- what the installed RQ counts as a met dependency --------------------------------------------
+
+_answers: dict[tuple[Path, str | None, bool], bool] = {}
+_log = logging.getLogger("rq_pipeline_fix")
+
+
+def rq_counts_as_met(path: Path, status: Any, allow_failure: bool) -> bool:
+    """Whether the installed RQ, deciding on ``path``, lets a child with ``allow_failure`` go
+    ahead when its parent's hash has ``status`` (None: a hash without one).
+
+    The answer is RQ's own: its decision code runs once per combination on a stand-in for Redis
+    that holds only that parent (``_ask_rq``), and is remembered. RQ releases differ here: before
+    3.0, ``setup_dependencies`` defers a child of a FAILED parent even with ``allow_failure``,
+    while ``dependencies_are_met`` (enqueue_many, and workers) lets it run.
+    """
+    text = _status_text(status)
+    key = (path, text, allow_failure)
+    answer = _answers.get(key)
+    if answer is None:
+        answer = _answers[key] = _ask_rq(path, text, allow_failure)
+    return answer
+
+
+def _status_text(status: Any) -> str | None:
+    value = getattr(status, "value", status)  # a JobStatus buffered by set_status(pipeline=)
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+def _ask_rq(path: Path, status: str | None, allow_failure: bool) -> bool:
     from rq.job import JobStatus
 
-    if status is None:
-        return True
-    text = status.decode() if isinstance(status, bytes) else str(status)
-    if text == JobStatus.FINISHED.value:
-        return True
-    return text == JobStatus.FAILED.value and bool(getattr(job, "allow_dependency_failures", False))
+    if status is not None and status not in {member.value for member in JobStatus}:
+        return False  # not a status this RQ knows: RQ's own check fails it (or cannot restore it)
+    try:
+        return _run_rq_check(path, status, allow_failure)
+    except Exception as exc:  # a shape of RQ we cannot drive: the documented rule, said once
+        answer = status == JobStatus.FINISHED.value or (allow_failure and status == JobStatus.FAILED.value)
+        if status is None:
+            answer = path is Path.ENQUEUE_MANY  # dependencies_are_met skips a parent without status
+        message = (
+            f"could not ask rq's {path.value} whether a parent with status {status!r} is met "
+            f"(allow_failure={allow_failure}): {exc!r}; deciding {answer}, as RQ documents"
+        )
+        _log.warning(message)
+        from .patcher import RQPipelineFixWarning
+
+        warnings.warn(f"rq-pipeline-fix: {message}", RQPipelineFixWarning, stacklevel=2)
+        return answer
+
+
+_PARENT = "rq-pipeline-fix-probe-parent"
+
+
+def _run_rq_check(path: Path, status: str | None, allow_failure: bool) -> bool:
+    """Run the installed RQ's dependency check on a child of one parent with ``status``."""
+    from rq.job import Job, JobStatus
+    from rq.queue import Queue
+
+    redis: Any = _OneParent()  # what RQ's code needs of Redis here, and nothing else
+    queue = Queue("rq-pipeline-fix-probe", connection=redis)
+    depends_on: Any = _PARENT
+    if allow_failure:
+        from rq.job import Dependency
+
+        depends_on = Dependency(jobs=[_PARENT], allow_failure=True)
+    child = queue.create_job("os.getpid", depends_on=depends_on)
+    parent = Job.create("os.getpid", connection=redis, id=_PARENT)
+    redis.parent_hash.update(
+        (_bytes(field), _bytes(value)) for field, value in parent.to_dict().items() if field != "status"
+    )
+    if status is not None:
+        redis.parent_hash[b"status"] = status.encode()
+    if path is Path.ENQUEUE_MANY:
+        return bool(inspect.unwrap(Job.dependencies_are_met)(child))
+    setup_dependencies = inspect.unwrap(Queue.__dict__["setup_dependencies"])  # RQ's, beneath wrappers
+    child._status = JobStatus.QUEUED
+    setup_dependencies(queue, child, pipeline=redis.pipeline())
+    return bool(child.get_status(refresh=False) != JobStatus.DEFERRED)
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(getattr(value, "value", value)).encode()
+
+
+class _OneParent:
+    """Stands for Redis, and for a pipeline of it, in front of RQ's dependency checks: it holds
+    one job hash, the parent's, answers the reads those checks make, and ignores every write."""
+
+    def __init__(self, parent_hash: dict[bytes, bytes] | None = None) -> None:
+        self.parent_hash: dict[bytes, bytes] = {} if parent_hash is None else parent_hash
+        self.replies: list[Any] = []
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> _OneParent:
+        return _OneParent(self.parent_hash)
+
+    def hgetall(self, key: Any) -> dict[bytes, bytes]:
+        self.replies.append(self.parent_hash)
+        return self.parent_hash
+
+    def hget(self, key: Any, field: Any) -> bytes | None:
+        self.replies.append(self.parent_hash.get(_bytes(field)))
+        return self.replies[-1]  # type: ignore[no-any-return]
+
+    def smembers(self, key: Any) -> set[bytes]:
+        return {_PARENT.encode()}  # the child's dependencies set
+
+    def info(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {"redis_version": "7.0.0"}  # some releases ask before writing
+
+    def execute(self, *args: Any, **kwargs: Any) -> list[Any]:
+        replies, self.replies = self.replies, []
+        return replies
+
+    def __enter__(self) -> _OneParent:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def __getattr__(self, command: str) -> Any:
+        return lambda *args, **kwargs: None  # writes, TTLs, WATCH, MULTI

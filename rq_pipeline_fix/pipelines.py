@@ -8,6 +8,7 @@ so it works the same for fakeredis pipelines, which subclass it.
 from __future__ import annotations
 
 import enum
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -67,9 +68,12 @@ def _watch_and_read(pipe: Any, watch_keys: Sequence[Any], reads: Sequence[tuple[
     """WATCH, then the reads, pipelined in one round trip on the pipeline's own connection.
 
     The pipeline is flagged ``watching`` so that redis-py's ``reset()`` UNWATCHes before the
-    connection goes back to the pool, even if the caller never executes. A lost connection
-    loses the WATCH too: as redis-py does for its own WATCH, the pipeline is reset and
-    WatchError raised, so the batch is retried rather than committed unwatched.
+    connection goes back to the pool, even if the caller never executes. From then until the
+    transaction ends, a (re)connect of that connection is refused (``_ReconnectRefusal``): a
+    WATCH does not survive its connection, and redis-py would otherwise reconnect silently (a
+    health check, a retry) and EXEC unwatched. A connection lost, re-established or timing out
+    here ends the same way as redis-py's own lost WATCH: WatchError, which ``Redis.transaction``
+    retries, with the pipeline reset and its connection dropped and back in the pool.
     """
     from redis.exceptions import ConnectionError, ResponseError, TimeoutError, WatchError
 
@@ -86,14 +90,24 @@ def _watch_and_read(pipe: Any, watch_keys: Sequence[Any], reads: Sequence[tuple[
                 replies.append(conn.read_response())
             except ResponseError as exc:
                 replies.append(exc)
-    except (ConnectionError, TimeoutError) as exc:
-        conn.disconnect()
-        pipe.reset()
+    except (ConnectionError, TimeoutError, WatchError) as exc:
+        _abandon_transaction(pipe, conn)
         raise WatchError(f"the connection was lost while WATCHing the dependencies: {exc}") from exc
+    _refuse_reconnects(pipe, conn)
     errors = [reply for reply in replies if isinstance(reply, ResponseError)]
     if errors:
         raise errors[0]
     return replies[1:]
+
+
+def _abandon_transaction(pipe: Any, conn: Any) -> None:
+    """Drop the connection (the WATCH and any reply still on its way go with the socket) and
+    reset the pipeline without the UNWATCH that ``reset()`` would send while ``watching``: there is
+    nothing left to unwatch, and on a stalled server it would time out too, and redis-py's
+    ``reset()`` would then leave the pipeline half reset with its connection checked out."""
+    conn.disconnect()
+    pipe.watching = False
+    pipe.reset()
 
 
 def _get_connection(pool: Any) -> Any:
@@ -103,40 +117,159 @@ def _get_connection(pool: Any) -> Any:
         return pool.get_connection("WATCH")
 
 
-class _Notes:
-    """What we know about one transaction of one pipeline: the hashes its buffered commands
-    write (e.g. job hashes saved earlier in the batch) and the keys we WATCHed, with the value
-    read right after."""
+# --- refusing a reconnect while our WATCH is pending -------------------------------------------
 
-    __slots__ = ("buffered", "scanned", "stack", "watched")
+
+class _ReconnectRefusal:
+    """One per connection the guard has WATCHed on, registered once as its connect callback.
+
+    redis-py runs a connection's connect callbacks after every (re)connect, including the silent
+    ones inside a health check or a retry, and keeps them as weak methods; it has no way to
+    remove one in 4.x and never prunes them until a reconnect, so registering one per
+    transaction would pile them up on a pooled connection. Hence one per connection, pointing
+    weakly at the notes of the transaction whose WATCH it guards: once that transaction ends
+    (``execute()``, ``reset()``, ``discard`` or the pipeline going away) it does nothing.
+    """
+
+    __slots__ = ("__weakref__", "transaction")
+
+    def __init__(self) -> None:
+        self.transaction: weakref.ReferenceType[_Notes] | None = None
+
+    def on_connect(self, connection: Any) -> None:
+        ref, self.transaction = self.transaction, None  # at most once per transaction
+        notes = ref() if ref is not None else None
+        pipe = notes.watch_pending() if notes is not None else None
+        if pipe is None:
+            return
+        from redis.exceptions import WatchError
+
+        # The new connection holds no WATCH: EXEC on it would commit whatever changed meanwhile.
+        connection.disconnect()
+        pipe.watching = False  # nothing to UNWATCH in reset() now
+        raise WatchError(
+            "the connection was re-established after rq-pipeline-fix WATCHed the dependencies "
+            "of a job in this transaction; the WATCH is gone, so the transaction is aborted"
+        )
+
+
+_refusals: weakref.WeakKeyDictionary[Any, _ReconnectRefusal] = weakref.WeakKeyDictionary()
+_cannot_refuse: set[type] = set()
+
+
+def _refuse_reconnects(pipe: Any, conn: Any) -> None:
+    """Arm ``conn``'s refusal for the pipeline's current transaction (once per transaction)."""
+    notes = _notes_for(pipe)
+    if notes.pipe is not None:
+        return
+    refusal = _refusals.get(conn)
+    if refusal is None:
+        refusal = _refusals[conn] = _ReconnectRefusal()
+    if not _is_registered(conn, refusal):
+        register = getattr(conn, "register_connect_callback", None)
+        if register is None:
+            _say_cannot_refuse(type(conn))
+            return
+        register(refusal.on_connect)
+    notes.pipe = weakref.ref(pipe)
+    refusal.transaction = weakref.ref(notes)
+
+
+def _is_registered(conn: Any, refusal: _ReconnectRefusal) -> bool:
+    # redis-py 4.x's PubSub.reset() clears every callback of a connection it returns to the pool;
+    # where the list is not there to look at (a cache proxy), registering again is deduplicated.
+    callbacks = getattr(conn, "_connect_callbacks", None)
+    if callbacks is None:
+        return False
+    method = refusal.on_connect
+    return any(ref() == method for ref in callbacks)
+
+
+def _say_cannot_refuse(connection_class: type) -> None:
+    if connection_class in _cannot_refuse:
+        return
+    _cannot_refuse.add(connection_class)
+    from .patcher import RQPipelineFixWarning, log
+
+    message = (
+        f"{connection_class.__qualname__} has no register_connect_callback: if it reconnects between "
+        "the guard's WATCH and your EXEC, the transaction commits unwatched"
+    )
+    log.warning(message)
+    warnings.warn(f"rq-pipeline-fix: {message}", RQPipelineFixWarning, stacklevel=2)
+
+
+# --- what we know about the transaction under way ------------------------------------------------
+
+
+class _Notes:
+    """What we know about one transaction of one pipeline: the job hashes its buffered commands
+    write, with the last status they give each; the keys we WATCHed, with the value read right
+    after; and, once we WATCH, the pipeline (weakly) for the reconnect refusal."""
+
+    __slots__ = ("__weakref__", "pipe", "scanned", "stack", "watched", "written")
 
     def __init__(self, stack: list[Any]) -> None:
         self.stack = stack  # redis-py replaces the list on execute()/reset(): a new transaction
         self.scanned = 0
-        self.buffered: set[Any] = set()
+        self.written: dict[Any, Any] = {}  # hash key -> last status written, or NO_STATUS
         self.watched: dict[Any, Any] = {}
+        self.pipe: weakref.ReferenceType[Any] | None = None
 
+    def watch_pending(self) -> Any:
+        """The pipeline, while it is still in this transaction and WATCHing; else None.
+        (``reset()`` replaces the command stack before it UNWATCHes, so its own reconnect for
+        that UNWATCH is not refused.)"""
+        pipe = self.pipe() if self.pipe is not None else None
+        if pipe is None or pipe.command_stack is not self.stack or not pipe.watching:
+            return None
+        return pipe
+
+
+class _NoStatus:
+    def __repr__(self) -> str:
+        return "NO_STATUS"
+
+
+NO_STATUS: Any = _NoStatus()  # the batch writes the hash but sets no status in it
 
 # Per pipeline, weakly: the notes go when the caller's pipeline goes.
 _notes_by_pipeline: weakref.WeakKeyDictionary[Any, _Notes] = weakref.WeakKeyDictionary()
 _HASH_WRITES = frozenset({"HSET", "HMSET", b"HSET", b"HMSET"})
 
 
-def notes_on(pipe: Any) -> _Notes:
-    """The notes on the pipeline's current transaction, with the commands buffered since the
-    last call scanned (only those: a batch of n dependent jobs costs O(commands), not O(n x
-    commands))."""
+def _notes_for(pipe: Any) -> _Notes:
     stack = pipe.command_stack
     notes = _notes_by_pipeline.get(pipe)
     if notes is None or notes.stack is not stack or len(stack) < notes.scanned:
         notes = _notes_by_pipeline[pipe] = _Notes(stack)
+    return notes
+
+
+def notes_on(pipe: Any) -> _Notes:
+    """The notes on the pipeline's current transaction, with the commands buffered since the
+    last call scanned (only those: a batch of n dependent jobs costs O(commands), not O(n x
+    commands))."""
+    notes = _notes_for(pipe)
+    stack = notes.stack
+    written = notes.written
     for args, _options in stack[notes.scanned :]:
         if args and args[0] in _HASH_WRITES:
-            notes.buffered.add(args[1])
+            written[args[1]] = _status_set(args, written.get(args[1], NO_STATUS))
     notes.scanned = len(stack)
     return notes
 
 
-def buffered_hash_keys(pipe: Any) -> set[Any]:
-    """Keys written by HSET/HMSET among the pipeline's buffered commands."""
-    return notes_on(pipe).buffered
+def _status_set(args: tuple[Any, ...], before: Any) -> Any:
+    """The status an HSET/HMSET (``args``: command, key, field, value, ...) leaves in the hash."""
+    last_fields_first = args[-2:1:-2]  # args[-2] is the last field name, args[-1] its value
+    for name in ("status", b"status"):
+        if name in last_fields_first:
+            return args[-1 - 2 * last_fields_first.index(name)]
+    return before
+
+
+def statuses_written(pipe: Any) -> dict[Any, Any]:
+    """Hash keys written by the pipeline's buffered commands, each with the last status the
+    batch sets in it (``NO_STATUS`` when it writes the hash without one)."""
+    return notes_on(pipe).written
