@@ -16,29 +16,23 @@ as met is the installed RQ's answer, asked of RQ's own code (``rq_counts_as_met`
 
 from __future__ import annotations
 
-import enum
+import contextlib
 import inspect
-import logging
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from .pipelines import NO_STATUS, start_transaction, statuses_written, watched_field
+from .pipelines import NO_STATUS, say_once, start_transaction, statuses_written, watched_field
 
-
-class Path(str, enum.Enum):
-    """RQ's two dependency checks, which do not always agree (e.g. on ``allow_failure`` before 3.0)."""
-
-    ENQUEUE = "Queue.setup_dependencies"  # enqueue, enqueue_call, enqueue_job: one job
-    ENQUEUE_MANY = (
-        "Job.dependencies_are_met"  # enqueue_many, through Dependency.get_jobs_with_met_dependencies
-    )
+# RQ's two dependency checks, which do not always agree (allow_failure before 3.0, a parent hash
+# without a status). Plain strings: they key a cache looked up per parent.
+ENQUEUE = "Queue.setup_dependencies"  # enqueue, enqueue_call, enqueue_job: one job
+ENQUEUE_MANY = "Job.dependencies_are_met"  # enqueue_many, via Dependency.get_jobs_with_met_dependencies
 
 
 def setup_in_transaction(queue: Any, job: Any, pipe: Any) -> Any:
     """``Queue.setup_dependencies`` for a pipeline in MULTI or holding buffered commands."""
     start_transaction(pipe)
-    if not must_wait([job], pipe, Path.ENQUEUE)[0]:
+    if not must_wait([job], pipe, ENQUEUE)[0]:
         return job
     from rq.job import JobStatus
 
@@ -60,7 +54,7 @@ def split_in_transaction(
     jobs = list(jobs)
     for job in jobs:
         job.register_dependency(pipeline=pipe)
-    waits = must_wait(jobs, pipe, Path.ENQUEUE_MANY)
+    waits = must_wait(jobs, pipe, ENQUEUE_MANY)
     return [job for job, wait in zip(jobs, waits) if not wait], [
         job for job, wait in zip(jobs, waits) if wait
     ]
@@ -69,7 +63,7 @@ def split_in_transaction(
 _NOT_IN_BATCH: Any = object()
 
 
-def must_wait(jobs: list[Any], pipe: Any, path: Path) -> list[bool]:
+def must_wait(jobs: list[Any], pipe: Any, path: str) -> list[bool]:
     """Whether each job has a parent that keeps it deferred, decided inside the caller's
     transaction (already started) with at most one round trip.
 
@@ -100,7 +94,7 @@ def must_wait(jobs: list[Any], pipe: Any, path: Path) -> list[bool]:
     ]
 
 
-def _met_in_redis(path: Path, status: Any, written_by_batch: bool, job: Any) -> bool:
+def _met_in_redis(path: str, status: Any, written_by_batch: bool, job: Any) -> bool:
     if status is None and not written_by_batch:
         return True  # missing from Redis, and the batch does not create it: RQ ignores it
     return rq_counts_as_met(path, status, _allows_failure(job))
@@ -112,11 +106,10 @@ def _allows_failure(job: Any) -> bool:
 
 # --- what the installed RQ counts as a met dependency --------------------------------------------
 
-_answers: dict[tuple[Path, str | None, bool], bool] = {}
-_log = logging.getLogger("rq_pipeline_fix")
+_answers: dict[tuple[str, Any, bool], bool] = {}  # (path, status as found, allow_failure)
 
 
-def rq_counts_as_met(path: Path, status: Any, allow_failure: bool) -> bool:
+def rq_counts_as_met(path: str, status: Any, allow_failure: bool) -> bool:
     """Whether the installed RQ, deciding on ``path``, lets a child with ``allow_failure`` go
     ahead when its parent's hash has ``status`` (None: a hash without one).
 
@@ -125,11 +118,18 @@ def rq_counts_as_met(path: Path, status: Any, allow_failure: bool) -> bool:
     3.0, ``setup_dependencies`` defers a child of a FAILED parent even with ``allow_failure``,
     while ``dependencies_are_met`` (enqueue_many, and workers) lets it run.
     """
+    try:
+        return _answers[path, status, allow_failure]
+    except (KeyError, TypeError):
+        pass
     text = _status_text(status)
-    key = (path, text, allow_failure)
-    answer = _answers.get(key)
-    if answer is None:
-        answer = _answers[key] = _ask_rq(path, text, allow_failure)
+    from rq.job import JobStatus
+
+    if text is not None and text not in {member.value for member in JobStatus}:
+        return False  # not a status this RQ knows: its own check fails it (or cannot restore it)
+    answer = _ask_rq(path, text, allow_failure)
+    with contextlib.suppress(TypeError):  # kept under the status as found: bytes, str or JobStatus
+        _answers[path, status, allow_failure] = answer
     return answer
 
 
@@ -142,32 +142,27 @@ def _status_text(status: Any) -> str | None:
     return str(value)
 
 
-def _ask_rq(path: Path, status: str | None, allow_failure: bool) -> bool:
+def _ask_rq(path: str, status: str | None, allow_failure: bool) -> bool:
     from rq.job import JobStatus
 
-    if status is not None and status not in {member.value for member in JobStatus}:
-        return False  # not a status this RQ knows: RQ's own check fails it (or cannot restore it)
     try:
         return _run_rq_check(path, status, allow_failure)
-    except Exception as exc:  # a shape of RQ we cannot drive: the documented rule, said once
+    except Exception as exc:  # a shape of RQ we cannot drive: the documented rule, and say so
         answer = status == JobStatus.FINISHED.value or (allow_failure and status == JobStatus.FAILED.value)
         if status is None:
-            answer = path is Path.ENQUEUE_MANY  # dependencies_are_met skips a parent without status
-        message = (
-            f"could not ask rq's {path.value} whether a parent with status {status!r} is met "
-            f"(allow_failure={allow_failure}): {exc!r}; deciding {answer}, as RQ documents"
+            answer = path == ENQUEUE_MANY  # dependencies_are_met skips a parent without status
+        say_once(
+            f"could not ask rq's {path} which dependencies it counts as met ({exc!r}); "
+            "deciding as RQ documents: finished, or failed with allow_failure",
+            key=(path, "cannot ask"),
         )
-        _log.warning(message)
-        from .patcher import RQPipelineFixWarning
-
-        warnings.warn(f"rq-pipeline-fix: {message}", RQPipelineFixWarning, stacklevel=2)
         return answer
 
 
 _PARENT = "rq-pipeline-fix-probe-parent"
 
 
-def _run_rq_check(path: Path, status: str | None, allow_failure: bool) -> bool:
+def _run_rq_check(path: str, status: str | None, allow_failure: bool) -> bool:
     """Run the installed RQ's dependency check on a child of one parent with ``status``."""
     from rq.job import Job, JobStatus
     from rq.queue import Queue
@@ -186,7 +181,7 @@ def _run_rq_check(path: Path, status: str | None, allow_failure: bool) -> bool:
     )
     if status is not None:
         redis.parent_hash[b"status"] = status.encode()
-    if path is Path.ENQUEUE_MANY:
+    if path == ENQUEUE_MANY:
         return bool(inspect.unwrap(Job.dependencies_are_met)(child))
     setup_dependencies = inspect.unwrap(Queue.__dict__["setup_dependencies"])  # RQ's, beneath wrappers
     child._status = JobStatus.QUEUED

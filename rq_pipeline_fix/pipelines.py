@@ -7,6 +7,7 @@ so it works the same for fakeredis pipelines, which subclass it.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import warnings
 import weakref
@@ -154,7 +155,6 @@ class _ReconnectRefusal:
 
 
 _refusals: weakref.WeakKeyDictionary[Any, _ReconnectRefusal] = weakref.WeakKeyDictionary()
-_cannot_refuse: set[type] = set()
 
 
 def _refuse_reconnects(pipe: Any, conn: Any) -> None:
@@ -186,17 +186,29 @@ def _is_registered(conn: Any, refusal: _ReconnectRefusal) -> bool:
 
 
 def _say_cannot_refuse(connection_class: type) -> None:
-    if connection_class in _cannot_refuse:
-        return
-    _cannot_refuse.add(connection_class)
-    from .patcher import RQPipelineFixWarning, log
-
-    message = (
+    say_once(
         f"{connection_class.__qualname__} has no register_connect_callback: if it reconnects between "
-        "the guard's WATCH and your EXEC, the transaction commits unwatched"
+        "the guard's WATCH and your EXEC, the transaction commits unwatched",
+        key=connection_class,
     )
+
+
+_said: set[Any] = set()
+
+
+def say_once(message: str, key: Any = None) -> None:
+    """Tell the user, once per ``key`` (default: the message), on the ``rq_pipeline_fix`` logger
+    and as an ``RQPipelineFixWarning``; this runs inside the caller's enqueue, so a warnings
+    filter set to "error" must not turn it into an exception there."""
+    key = message if key is None else key
+    if key in _said:
+        return
+    _said.add(key)
+    from .patcher import RQPipelineFixWarning, log  # only on this rare path: patcher imports us
+
     log.warning(message)
-    warnings.warn(f"rq-pipeline-fix: {message}", RQPipelineFixWarning, stacklevel=2)
+    with contextlib.suppress(Warning):
+        warnings.warn(f"rq-pipeline-fix: {message}", RQPipelineFixWarning, stacklevel=3)
 
 
 # --- what we know about the transaction under way ------------------------------------------------

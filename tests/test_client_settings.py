@@ -508,3 +508,86 @@ def test_allow_failure_on_a_failed_parent_gets_the_installed_rqs_answer(
     assert status_of(connection, child.id) == expected
     assert_drained_cleanly(connection, connection)
     assert ("child" in executed(connection)) is (expected != JobStatus.DEFERRED)
+
+
+# --- the refusal's own bookkeeping ------------------------------------------------------------
+
+
+def dependent_batch(client: redis.Redis, pipe: Any, parent: str = "parent-a") -> None:
+    pipe.incr("batches")
+    queue(client, "children").enqueue_call(record, args=("child",), depends_on=parent, pipeline=pipe)
+
+
+def test_one_connect_callback_per_connection_however_many_batches(connection: redis.Redis) -> None:
+    """redis-py 4.x cannot remove a connect callback and none prunes them before a reconnect:
+    the guard registers one per connection, not one per transaction, and keeps no pipeline."""
+    import gc
+
+    from rq_pipeline_fix import pipelines
+
+    seed_parents(connection)
+    for _ in range(50):
+        with connection.pipeline() as pipe:
+            dependent_batch(connection, pipe)
+            pipe.execute()
+    pooled = connection.connection_pool._available_connections
+    assert [len(pooled_connection._connect_callbacks) for pooled_connection in pooled] <= [1] * len(pooled)
+    del pipe
+    gc.collect()
+    assert len(pipelines._notes_by_pipeline) == 0
+    assert queue(connection, "children").count == 0 and connection.get("batches") == b"50"
+    assert connections_in_use(connection) == 0
+
+
+def test_refusal_survives_a_pubsub_that_used_the_same_connection(
+    connection: redis.Redis, proxy: CuttingProxy
+) -> None:
+    """redis-py 4.x's PubSub.reset() clears every connect callback of the connection it hands
+    back to the pool; the next transaction on that connection must be protected all the same."""
+    seed_parents(connection)
+    client = redis.Redis(host="127.0.0.1", port=proxy.port)
+    with client.pipeline() as pipe:
+        dependent_batch(client, pipe, parent="parent-b")
+        pipe.execute()
+    (used,) = client.connection_pool._available_connections
+    pubsub = client.pubsub()
+    pubsub.subscribe("news")
+    assert pubsub.connection is used
+    pubsub.close()
+    attempts: list[Any] = []
+
+    def batch(pipe: Any) -> None:
+        dependent_batch(client, pipe)
+        attempts.append(pipe.connection)
+        if len(attempts) == 1:
+            client.connection_pool.disconnect()
+            finish(connection, "parent-a")
+
+    client.transaction(batch)
+    assert attempts[0] is used and len(attempts) == 2
+    assert_drained_cleanly(connection, client)
+    client.close()
+
+
+def test_a_connection_class_without_connect_callbacks_is_named(connection: redis.Redis) -> None:
+    """Never silent: where the guard cannot refuse a reconnect, it says so once."""
+    import rq_pipeline_fix
+
+    class NoCallbacks(redis.Connection):
+        register_connect_callback = None  # type: ignore[assignment]
+
+    seed_parents(connection)
+    port = connection.connection_pool.connection_kwargs["port"]
+    client = redis.Redis(connection_pool=redis.ConnectionPool(port=port, connection_class=NoCallbacks))
+    with (
+        pytest.warns(
+            rq_pipeline_fix.RQPipelineFixWarning, match="NoCallbacks has no register_connect_callback"
+        ),
+        client.pipeline() as pipe,
+    ):
+        dependent_batch(client, pipe)
+        pipe.execute()
+    assert status_of(connection, queue(connection, "children").deferred_job_registry.get_job_ids()[0]) == (
+        JobStatus.DEFERRED
+    )
+    client.close()
