@@ -170,7 +170,7 @@ def _run_rq_check(path: str, status: str | None, allow_failure: bool) -> bool:
     redis: Any = _OneParent()  # what RQ's code needs of Redis here, and nothing else
     queue = Queue("rq-pipeline-fix-probe", connection=redis)
     depends_on: Any = _PARENT
-    if allow_failure:
+    if allow_failure:  # only asked where jobs can have it: Dependency(allow_failure=) is in RQ >= 1.11
         from rq.job import Dependency
 
         depends_on = Dependency(jobs=[_PARENT], allow_failure=True)
@@ -229,4 +229,6 @@ class _OneParent:
         return None
 
     def __getattr__(self, command: str) -> Any:
+        if command.startswith("_"):  # e.g. RQ 1.16 caches the server version on the connection
+            raise AttributeError(command)
         return lambda *args, **kwargs: None  # writes, TTLs, WATCH, MULTI

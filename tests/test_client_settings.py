@@ -548,9 +548,9 @@ def test_refusal_survives_a_pubsub_that_used_the_same_connection(
     client = redis.Redis(host="127.0.0.1", port=proxy.port)
     with client.pipeline() as pipe:
         dependent_batch(client, pipe, parent="parent-b")
+        used = pipe.connection  # the guard WATCHed on it: its refusal is registered there
         pipe.execute()
-    (used,) = client.connection_pool._available_connections
-    pubsub = client.pubsub()
+    pubsub = client.pubsub()  # takes the connection released last: the pipeline's
     pubsub.subscribe("news")
     assert pubsub.connection is used
     pubsub.close()
