@@ -78,13 +78,19 @@ def must_wait(jobs: list[Any], pipe: Any, path: str) -> list[bool]:
     to_read: list[Any] = []
     for job, keys in zip(jobs, parent_keys):
         allow_failure = _allows_failure(job)
-        unread = [key for key in keys if in_batch.get(key, NO_STATUS) is NO_STATUS]
-        set_here = [in_batch[key] for key in keys if key not in unread]
-        if not all(rq_counts_as_met(path, status, allow_failure) for status in set_here):
-            decided.append(True)
-        else:
-            decided.append(None if unread else False)
+        waits: bool | None = False
+        unread = []
+        for key in keys:
+            status = in_batch.get(key, NO_STATUS)
+            if status is NO_STATUS:  # the batch leaves its status as it is: Redis decides
+                unread.append(key)
+            elif not rq_counts_as_met(path, status, allow_failure):
+                waits = True
+                break
+        if not waits and unread:
+            waits = None
             to_read += unread
+        decided.append(waits)
     statuses = watched_field(pipe, to_read, "status") if to_read else {}
     return [
         bool(waits)
