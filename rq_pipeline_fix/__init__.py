@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from .importhook import when_imported
 
+__version__ = "0.1.0"  # the one source of the version (pyproject reads it: [tool.hatch.version])
+
 TYPE_CHECKING = False  # not typing's: importing typing would double the cost of importing us
 if TYPE_CHECKING:
     from typing import Any
