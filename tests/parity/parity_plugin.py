@@ -3,9 +3,9 @@
 Environment (set by the runner):
   RQ_PARITY_MODE        "guard": rq-pipeline-fix is imported and must be active;
                         "bare": it must be absent: never imported, and no wrapt wrapper anywhere in rq.
-  RQ_PARITY_REDIS_PORT  the port of the runner's redis-server. RQ's tests connect with ``Redis()``,
-                        i.e. localhost:6379; the default port of redis-py's ``Redis`` and
-                        ``Connection`` is changed to this one, so they never touch a server on 6379.
+  RQ_PARITY_REDIS_PORT  the port of the runner's server: redis_port.py sends redis-py's connections
+                        to localhost:6379 (where RQ's tests connect) there, in this process and,
+                        through site/sitecustomize.py, in every child Python.
   RQ_PARITY_REPORT      where to write the JSON report: the outcome of every test id, the versions,
                         the guard's status, and whether the mode was verified.
 
@@ -22,41 +22,13 @@ import sys
 from typing import Any
 
 import pytest
+from redis_port import redirect_upstream_port_to
 
 MODE = os.environ.get("RQ_PARITY_MODE", "")
 _outcomes: dict[str, str] = {}
 _messages: dict[str, str] = {}  # test id -> the error of its first failure
 _problems: list[str] = []
 _status: dict[str, Any] | None = None
-
-
-def point_redis_defaults_at(port: int) -> None:
-    """Make ``port`` the default port of ``redis.Redis`` and ``redis.connection.Connection``."""
-    import redis
-    import redis.connection
-
-    for function in (redis.Redis.__init__, redis.connection.Connection.__init__):
-        target = inspect.unwrap(function)  # redis-py decorates __init__ in some releases
-        changed = False
-        positional = [
-            p
-            for p in inspect.signature(target).parameters.values()
-            if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        ]
-        defaults = list(target.__defaults__ or ())
-        with_defaults = [p.name for p in positional[len(positional) - len(defaults) :]]
-        if "port" in with_defaults:
-            defaults[with_defaults.index("port")] = port
-            target.__defaults__ = tuple(defaults)
-            changed = True
-        if target.__kwdefaults__ and "port" in target.__kwdefaults__:
-            target.__kwdefaults__ = {**target.__kwdefaults__, "port": port}
-            changed = True
-        if not changed:
-            raise pytest.UsageError(f"parity: cannot find the default port of {target.__qualname__}")
-    actual = redis.Redis().connection_pool.connection_kwargs.get("port")
-    if actual != port:
-        raise pytest.UsageError(f"parity: Redis() still connects to port {actual}, not {port}")
 
 
 def _is_wrapt_proxy(value: object) -> bool:
@@ -84,7 +56,10 @@ def wrapt_wrappers_in_rq() -> list[str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     global _status
-    point_redis_defaults_at(int(os.environ["RQ_PARITY_REDIS_PORT"]))
+    try:
+        redirect_upstream_port_to(int(os.environ["RQ_PARITY_REDIS_PORT"]))
+    except RuntimeError as error:
+        raise pytest.UsageError(str(error)) from None
     if MODE == "guard":
         import rq.queue  # noqa: F401  (the guard goes on when rq.queue is imported)
 
