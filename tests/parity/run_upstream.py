@@ -432,6 +432,9 @@ def run_tests(
         RQ_PARITY_REPORT=str(report),
         PYTHONPATH=os.pathsep.join([str(HERE), str(HERE / "site")]),
         PYTHONDONTWRITEBYTECODE="1",
+        # as if the venv were activated: RQ's tests run `rq` / `rqworker` by name in subprocesses
+        PATH=os.pathsep.join([str(venv / "bin"), environment.get("PATH", "")]),
+        VIRTUAL_ENV=str(venv),
     )
     if slow:
         environment["RUN_SLOW_TESTS_TOO"] = "1"
