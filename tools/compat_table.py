@@ -296,12 +296,12 @@ def render_parity(parity: dict[str, Any]) -> list[str]:
         "## Upstream parity: RQ's whole test suite",
         "",
         "Every `tests/test_*.py` module of each release's sdist, plus",
-        "`test_enqueue_different_queues_with_passed_pipeline` (the regression test of RQ issue #2211, from",
-        "the 2.3.0 sdist), run without the package (*bare*: not",
-        "even installed as a plugin, checked) and with the guard active (checked at start and end), against",
-        f"one server ({parity.get('server') or 'see below'}) on a free port: every redis-py connection the",
-        "tests make to localhost:6379, in pytest and in the workers and `rq` commands they start, goes",
-        "there. Per release: its Python and redis-py of the time, `psutil`, and for 1.x `mock` and",
+        "`test_enqueue_different_queues_with_passed_pipeline` (the regression test of RQ issue #2211,",
+        "from the 2.3.0 sdist), run without the package (*bare*: not even loaded as a plugin, checked)",
+        "and with the guard active (checked at start and end), against one server",
+        f"({parity.get('server') or 'see below'}) on a free port: every redis-py connection the tests",
+        "make to localhost:6379, in pytest and in the workers and `rq` commands they start, goes there.",
+        "Per release: its Python and a redis-py of its time, `psutil`, and for 1.x `mock` and",
         "`sentry-sdk<2` (`tests/parity/run_upstream.py`). Not run, as upstream's default run does not:",
         "tests marked slow (`RUN_SLOW_TESTS_TOO`) and the SSL tests (`RUN_SSL_TESTS`, need stunnel); they",
         "count as skipped. A test that failed in one mode only was run again in that mode, up to twice:",
@@ -312,7 +312,8 @@ def render_parity(parity: dict[str, Any]) -> list[str]:
         out += ["**This parity run was partial (one mode, or some modules only): not a parity result.**", ""]
     out += [
         "| RQ | modules | Python | redis-py | bare: passed / failed / skipped "
-        "| guard: passed / failed / skipped | added by guard | fixed by guard | flaky (bare, guard) | time |",
+        "| guard: passed / failed / skipped | added by guard | fixed by guard | flaky (bare, guard) "
+        "| time (bare + guard) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in parity.get("results", []):
@@ -323,14 +324,15 @@ def render_parity(parity: dict[str, Any]) -> list[str]:
         bare, guard = runs.get("bare"), runs.get("guard")
         failing = {mode: set((runs.get(mode) or {}).get("failing", [])) for mode in ("bare", "guard")}
         flaky = r.get("flaky", {})
-        added = failing["guard"] - failing["bare"] - set(flaky.get("guard", []))
-        fixed = failing["bare"] - failing["guard"] - set(flaky.get("bare", []))
-        seconds = sum(float((run or {}).get("seconds", 0)) for run in (bare, guard))
+        both = bare is not None and guard is not None
+        added = len(failing["guard"] - failing["bare"] - set(flaky.get("guard", []))) if both else "-"
+        fixed = len(failing["bare"] - failing["guard"] - set(flaky.get("bare", []))) if both else "-"
+        minutes = " + ".join(f"{float(run['seconds']) / 60:.0f}" for run in (bare, guard) if run)
         redis_py = (bare or guard or {}).get("redis_py") or r.get("redis", "")
         out.append(
             f"| {r['release']} | {len(r.get('modules', []))} | {r.get('python', '')} | {redis_py} | "
-            f"{_count(bare)} | {_count(guard)} | {len(added)} | {len(fixed)} | "
-            f"{len(flaky.get('bare', []))}, {len(flaky.get('guard', []))} | {seconds / 60:.0f} min |"
+            f"{_count(bare)} | {_count(guard)} | {added} | {fixed} | "
+            f"{len(flaky.get('bare', []))}, {len(flaky.get('guard', []))} | {minutes} min |"
         )
     out += [
         "",
