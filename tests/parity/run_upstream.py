@@ -11,8 +11,9 @@ For every release it
   3. makes a venv (uv) with that RQ release, a redis-py of its time, what its tests import
      (``test_requirements``), and this package;
   4. runs every ``tests/test_*.py`` module the release ships, and the seed test, twice, against a
-     redis-server of its own on a free port (redis-py's default port is pointed at it, in pytest
-     and in every child Python: redis_port.py, site/sitecustomize.py):
+     server of its own on a free port (redis-py's connections to localhost:6379 go there, in pytest
+     and in every child Python: redis_port.py, site/sitecustomize.py; the venv's bin comes first on
+     PATH, as when activated), pytest in a process group of its own (run_session):
        bare:  RQ_PIPELINE_FIX_DISABLE=1, PYTEST_DISABLE_PLUGIN_AUTOLOAD=1, -p no:rq_pipeline_fix,
               and parity_plugin.py checks that rq_pipeline_fix was never imported and that no
               wrapt wrapper sits anywhere in rq;
