@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from rq_pipeline_fix.server import embedded_redis_server
-from tests.conftest import REDIS_SERVER, child_environment
-from tests.servers import URL_VARIABLE
+from tests.conftest import child_environment
+from tests.servers import URL_VARIABLE, server_executable
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_TEST = "tests/test_shared_pipeline.py::test_fresh_pipeline_is_switched_to_multi_as_upstream_does"
@@ -25,9 +25,10 @@ ONE_TEST = "tests/test_shared_pipeline.py::test_fresh_pipeline_is_switched_to_mu
 @pytest.fixture
 def own_server() -> Iterator[str]:
     """A server only this test uses (not the session's): its URL, database 0."""
-    if REDIS_SERVER is None:
-        pytest.skip(f"no server executable to start (the run uses {URL_VARIABLE})")
-    with embedded_redis_server(REDIS_SERVER) as url:
+    executable = server_executable()  # also when this run itself was given a URL
+    if executable is None:
+        pytest.skip("no server executable to start")
+    with embedded_redis_server(executable) as url:
         yield url
 
 
