@@ -20,6 +20,8 @@ if [[ "${1:-}" == "--parity" ]]; then
 fi
 SECONDS=0
 rm -rf .tox/results .tox/matrix.json
+mkdir -p .tox/results  # what tox is about to build and test, for the table
+echo "commit $(git rev-parse --short HEAD)$(git status --porcelain --untracked-files=no | grep -q . && echo ' plus uncommitted changes')" > .tox/results/_tree.txt
 "$root/tools/tox.sh" -p "${TOX_PARALLEL:-2}" --result-json .tox/matrix.json "$@" || status=$?
 echo "matrix.sh: the matrix took $((SECONDS / 60)) min"
 python3 tools/compat_table.py || status=$?

@@ -656,6 +656,16 @@ def summarize(results: list[ReleaseResult]) -> list[str]:
     return lines
 
 
+def tested_tree() -> str:
+    """The commit whose package the venvs installed, and whether the work tree differed from it."""
+    try:
+        commit = run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True).stdout.strip()
+        changed = run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return f"commit {commit}" + (" plus uncommitted changes" if changed.stdout.strip() else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("releases", nargs="*", default=list(DEFAULT_RELEASES), help="RQ releases (X.Y.Z)")
@@ -701,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
                 "problems": problems,
                 "complete": complete,
                 "server": server.version,
+                "tree": tested_tree(),
                 "slow": args.slow,
                 "seconds": round(time.monotonic() - started),
             },
