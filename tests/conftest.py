@@ -14,11 +14,13 @@ import pytest
 import redis
 
 import rq_pipeline_fix
-from rq_pipeline_fix.server import embedded_redis_server
+from rq_pipeline_fix.server import embedded_redis_server, redact_url
 from tests import servers
 
+# The server executable the tests start (their session server, unless given a URL, and the extra
+# servers some tests start themselves); None when not installed.
 try:  # a bad choice is reported at session start (pytest_sessionstart), not as an import error
-    REDIS_SERVER = None if os.environ.get(servers.URL_VARIABLE) else servers.server_executable()
+    REDIS_SERVER = servers.server_executable()
 except servers.ServerChoiceError:
     REDIS_SERVER = None
 _server_info: list[servers.ServerInfo] = []  # what the session's server is, once it was asked
@@ -27,7 +29,7 @@ _server_info: list[servers.ServerInfo] = []  # what the session's server is, onc
 def pytest_report_header(config: pytest.Config) -> list[str]:
     given = os.environ.get(servers.URL_VARIABLE)
     lines = [
-        f"test server: {servers.URL_VARIABLE}={servers.redact(given)}"
+        f"test server: {servers.URL_VARIABLE}={redact_url(given)}"
         if given
         else f"test server: {REDIS_SERVER or 'none found'}, started on a free port"
     ]
@@ -53,7 +55,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             raise pytest.UsageError(servers.foreign_keys_message(url, count, sample))
     except redis.RedisError as error:
         raise pytest.UsageError(
-            f"{servers.URL_VARIABLE}={servers.redact(url)}: cannot reach it: {error}"
+            f"{servers.URL_VARIABLE}={redact_url(url)}: cannot reach it: {error}"
         ) from None
     finally:
         client.close()

