@@ -192,7 +192,7 @@ def render(cells: list[Cell], parity: dict[str, Any] | None, generated: str, tre
         f"Matrix run: {generated}, testing {tested}; table written at {tree}.",
         "",
         "Regenerate, from a clean clone of the commit to publish (on 2 cores: parity about 30 min, the",
-        "matrix about 20 min alone; `git clone . /tmp/m && /tmp/m/tools/matrix.sh --parity`):",
+        "matrix about 35 min; `git clone . /tmp/m && /tmp/m/tools/matrix.sh --parity`):",
         "",
         "```sh",
         "tools/matrix.sh --parity   # both in one go: the two lines below, one after the other",
