@@ -189,11 +189,18 @@ class _ProbeKit:
     """What every probe needs: an offline client, a queue on it, a job factory, and RQ's original
     methods bound as RQ would call them (None where this RQ does not have the method)."""
 
-    def __init__(self, originals: Mapping[str, Callable[..., Any] | None]) -> None:
+    def __init__(self, originals: Mapping[str, Callable[..., Any] | None], rq_own: bool = False) -> None:
+        from rq.job import Job
         from rq.queue import Queue
 
+        queue_class: Any = Queue
+        job_class: Any = Job
+        if rq_own:  # RQ's own methods throughout, beneath other libraries' wrappers
+            from .neighbours import rq_own_class
+
+            queue_class, job_class = rq_own_class(Queue), rq_own_class(Job)
         self.connection = _offline_redis()
-        self.queue = Queue("rq-pipeline-fix-probe", connection=self.connection)
+        self.queue = queue_class("rq-pipeline-fix-probe", connection=self.connection, job_class=job_class)
         _known_server(self.queue)
         self.originals = originals
         self.setup_dependencies = originals["Queue.setup_dependencies"]
@@ -327,8 +334,20 @@ def detect(originals: Mapping[str, Callable[..., Any] | None], rq_version: str |
     ``originals`` maps "Class.method" to RQ's original, bound as RQ calls it (a plain function
     for ``Queue.setup_dependencies``), or to None where the installed RQ lacks the method.
     """
+    findings = _probe_all(originals, rq_version, rq_own=False)
+    if any(finding.probe is None for finding in findings):
+        # Another library's wrapper on a method the probes use (Queue.create_job, Job.save, ...)
+        # may have touched Redis: probe again on RQ's own methods beneath such wrappers. Only
+        # then: walking Queue's and Job's ~200 attributes costs more than every probe together.
+        findings = _probe_all(originals, rq_version, rq_own=True)
+    return findings
+
+
+def _probe_all(
+    originals: Mapping[str, Callable[..., Any] | None], rq_version: str | None, rq_own: bool
+) -> list[Finding]:
     try:
-        kit: _ProbeKit | None = _ProbeKit(originals)
+        kit: _ProbeKit | None = _ProbeKit(originals, rq_own)
         kit_error = ""
     except Exception as exc:
         kit, kit_error = None, f"the probe could not set up: {exc!r}"

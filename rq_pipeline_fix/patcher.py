@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .config import DISABLE_VARIABLE, patching_disabled
 
@@ -53,43 +53,101 @@ def _version(distribution: str) -> str | None:
 
 
 class _Installed:
-    """Our wrapper on one RQ method, the exact object it replaced, and its on/off switch."""
+    """A guard of ours on one RQ method: the wrapt wrapper, its guard (which holds the on/off
+    switch), the defects it fixes, and whether another copy of the package put it there."""
 
-    def __init__(self, target: Any, owner: type, original: Any, patched: frozenset[str]) -> None:
-        import wrapt
-
+    def __init__(self, target: Any, owner: type, wrapper: Any, patched: frozenset[str], by: str = "") -> None:
         self.target = target
         self.owner = owner
-        self.original = original
+        self.wrapper = wrapper
+        self.guard = wrapper._self_wrapper
         self.patched = patched
-        self.guard = target.wrapper(target, patched)
-        self.wrapper = wrapt.FunctionWrapper(original, self.guard)
-        setattr(owner, target.name, self.wrapper)
+        self.by = by  # "": this copy; else where the other copy of rq-pipeline-fix lives
+
+    @classmethod
+    def put_on(cls, target: Any, chain: Any, patched: frozenset[str]) -> _Installed:
+        """Our guard directly on RQ's own function, beneath any other library's wrapper, so that
+        theirs still sees every call (neighbours.py); on top of what is there only where RQ's own
+        is out of reach."""
+        import wrapt
+
+        guard = target.wrapper(target, patched)
+        if chain.original is not None and chain.slot.settable:
+            wrapper = wrapt.FunctionWrapper(chain.raw_original, guard)
+            chain.slot.put(wrapper, chain.owner)
+        else:
+            wrapper = wrapt.FunctionWrapper(chain.owner.__dict__[target.name], guard)
+            setattr(chain.owner, target.name, wrapper)
+        return cls(target, chain.owner, wrapper, patched)
+
+    def chain(self) -> Any:
+        from .neighbours import chain_of
+
+        return chain_of(self.owner, self.target.name)
+
+    def problem(self, chain: Any) -> str | None:
+        """What happened to the guard since it went on, if it is no longer in place and on."""
+        from .neighbours import describe
+
+        if chain.find(self.wrapper) is None:
+            now = chain.layers[0].obj if chain.layers else chain.original
+            return (
+                f"{self.target.label}: the guard is no longer there, someone else replaced or "
+                f"unwrapped it (now: {describe(now)}); apply() puts it back"
+            )
+        if not self.guard.enabled:
+            return f"{self.target.label}: the guard was switched off by another copy of rq-pipeline-fix"
+        return None
 
     def uninstall(self) -> str | None:
-        """Put the original back if ours is still the class attribute, else switch ours off.
-        Returns what the caller should be told when it could not simply put it back."""
+        """Take the guard out of the chain of wrappers, leaving any other wrapper working; switch
+        it off where it cannot be taken out. Returns what the caller should be told then."""
+        from .neighbours import describe
+
         self.guard.enabled = False
-        current = self.owner.__dict__.get(self.target.name)
-        if current is self.wrapper:
-            setattr(self.owner, self.target.name, self.original)
+        layer = self.chain().find(self.wrapper)
+        if layer is None:
+            return f"{self.target.label}: left as it is, it had already been replaced by someone else"
+        if layer.slot.settable:
+            layer.slot.put(self.wrapper.__wrapped__, self.owner)
             return None
-        if _wraps(current, self.wrapper):
-            return (
-                f"{self.target.label}: switched the guard off in place, because another wrapper "
-                f"({type(current).__name__}) sits on top of it and was left working"
-            )
-        return f"{self.target.label}: left as it is, it had already been replaced by someone else"
+        holder = layer.slot.holder
+        return (
+            f"{self.target.label}: switched the guard off in place, because another wrapper "
+            f"({describe(holder)}) holds it where it cannot be taken out; that one was left working"
+        )
 
 
-def _wraps(outer: object, inner: object) -> bool:
-    for _ in range(100):  # a bounded walk down the __wrapped__ chain
-        if outer is None:
-            return False
-        if outer is inner:
-            return True
-        outer = getattr(outer, "__wrapped__", None)
-    return False
+def _alongside(installed: _Installed, chain: Any) -> str | None:
+    """Where the guard sits among other libraries' wrappers, for the report; None: alone."""
+    from .neighbours import describe, guard_of
+
+    layer = chain.find(installed.wrapper)
+    if layer is None:  # gone: problem() says so
+        return None
+    index = chain.layers.index(layer)
+    above = [describe(other.obj) for other in chain.layers[:index] if guard_of(other.obj) is None]
+    below = [describe(other.obj) for other in chain.layers[index + 1 :] if guard_of(other.obj) is None]
+    parts = [f"guard put on by another copy of rq-pipeline-fix ({installed.by})"] if installed.by else []
+    if chain.original is None:
+        parts.append(_replaced(chain))
+    elif below:
+        parts.append(
+            f"guard above {', '.join(below)}, RQ's own being out of reach beneath: the calls the guard "
+            "answers itself do not reach it"
+        )
+    if above:
+        parts.append(f"beneath {', '.join(above)}, which sees every call")
+    return f"{installed.target.label}: {'; '.join(parts)}" if parts else None
+
+
+def _replaced(chain: Any) -> str:
+    from .neighbours import describe
+
+    return (
+        f"RQ's own was replaced by {describe(chain.judged)}, which keeps no reference to it that "
+        "could be found: that was probed and guarded as found"
+    )
 
 
 _lock = threading.RLock()
@@ -100,6 +158,7 @@ _installed: list[_Installed] = []
 _findings: list[Any] = []  # detect.Finding, probed once per set of original methods
 _probed: tuple[object, ...] = ()
 _note = "not applied yet: rq.queue has not been imported"
+_unguarded: list[str] = []  # methods another library replaced without keeping RQ's, left unguarded
 _warned: set[str] = set()
 
 
@@ -140,14 +199,15 @@ def _apply() -> None:
                 _say_once(complaint)
             if disabled:
                 _note = f"disabled by {DISABLE_VARIABLE}"
-            elif not _installed:
+            elif not _in_place():
                 _install()
         except Exception as exc:  # the host must never break because of us
             _leave_rq_alone(f"left RQ untouched: unexpected error while patching: {exc!r}")
 
 
-def _find(target: Any) -> tuple[type, Any] | None:
-    """The class that defines ``target`` and the attribute in its ``__dict__``, if this RQ has it."""
+def _find(target: Any, chain_of: Callable[[type, str], Any]) -> Any:
+    """The chain of wrappers on ``target`` down to RQ's own function (neighbours.Chain), or None
+    where this RQ does not define the method."""
     try:
         module = importlib.import_module(target.module)
     except ImportError:
@@ -155,46 +215,78 @@ def _find(target: Any) -> tuple[type, Any] | None:
     owner = getattr(module, target.owner, None)
     if not isinstance(owner, type) or target.name not in owner.__dict__:
         return None
-    return owner, owner.__dict__[target.name]
+    return chain_of(owner, target.name)
+
+
+def _chains() -> list[tuple[_Installed, Any]]:
+    """Each guard we put on, with the chain of wrappers on its method as it is now."""
+    return [(installed, installed.chain()) for installed in _installed]
+
+
+def _in_place() -> bool:
+    """Every guard we put on is still there and on (a neighbour's unpatch may have taken one off)."""
+    return bool(_installed) and all(installed.problem(chain) is None for installed, chain in _chains())
 
 
 def _install() -> None:
-    global _findings, _probed, _note
+    global _findings, _probed, _note, _unguarded
     try:
         import rq.queue  # noqa: F401
     except Exception as exc:
         _leave_rq_alone(f"left RQ untouched: rq cannot be imported ({exc!r})")
         return
-    if _installed:  # importing rq.queue just now ran our import hook, which applied the guards
+    if _in_place():  # importing rq.queue just now ran our import hook, which applied the guards
         return
     from .detect import check_shape, detect
     from .guard import SETUP_DEPENDENCIES, TARGETS
+    from .neighbours import chain_of
 
-    found = {target: _find(target) for target in TARGETS}
-    usable: dict[Any, tuple[type, Any]] = {}
-    for target, place in found.items():
-        problem = check_shape(
-            target.label, place[1] if place else None, target.parameters, target.more_parameters_ok
-        )
-        if place is not None and problem is None:
-            usable[target] = place
+    for stale in [installed for installed, chain in _chains() if installed.problem(chain)]:
+        stale.guard.enabled = False  # gone, or switched off by another copy: a new one goes on below
+        _installed.remove(stale)
+    guarded = {installed.target for installed in _installed}
+    found = {target: _find(target, chain_of) for target in TARGETS}
+    usable: dict[Any, Any] = {}
+    judged: dict[Any, Any] = {}  # RQ's own beneath any wrapper, where it can be found
+    for target, chain in found.items():
+        judged[target] = chain.judged if chain else None
+        problem = check_shape(target.label, judged[target], target.parameters, target.more_parameters_ok)
+        if chain is not None and problem is None:
+            usable[target] = chain
         elif target is SETUP_DEPENDENCIES:
             _leave_rq_alone(f"left RQ untouched: {problem}")
             return
-        elif place is not None:
+        elif chain is not None:
             _say_once(f"{', '.join(target.defects)} not patched: {problem}")
-    originals = tuple(attribute for _owner, attribute in usable.values())
+    originals = tuple(getattr(judged[target], "__func__", judged[target]) for target in usable)
     if _probed != originals:
-        bound = {t.label: attribute.__get__(None, owner) for t, (owner, attribute) in usable.items()}
+        bound = {t.label: judged[t].__get__(None, chain.owner) for t, chain in usable.items()}
         _findings, _probed = detect(bound, _version("rq")), originals
     for finding in _findings:
         if finding.probe is None:
             _say_once(f"{finding.defect.id} not patched: {finding.reason}")
     detected = frozenset(finding.defect.id for finding in _findings if finding.probe)
-    for target, (owner, attribute) in usable.items():
+    for target, chain in usable.items():
         patched = detected & frozenset(target.defects)
-        if patched:
-            _installed.append(_Installed(target, owner, attribute, patched))
+        if target in guarded:
+            continue
+        theirs = _guard_of_another_copy(target, chain) if chain.layers else None
+        if theirs is not None:
+            _installed.append(theirs)
+            if patched - theirs.patched:
+                missing = ", ".join(sorted(patched - theirs.patched))
+                _say_once(
+                    f"{missing} not patched: the guard another copy of rq-pipeline-fix ({theirs.by}) "
+                    f"put on {target.label} does not fix {'them' if ',' in missing else 'it'}"
+                )
+        elif patched:
+            _installed.append(_Installed.put_on(target, chain, patched))
+    guarded = {installed.target for installed in _installed}
+    _unguarded = [
+        f"{target.label}: {_replaced(chain)}"
+        for target, chain in usable.items()
+        if chain.original is None and target not in guarded
+    ]
     if not _installed:
         _note = "nothing to do: the installed RQ has none of the defects the guards fix"
         return
@@ -202,16 +294,30 @@ def _install() -> None:
     log.debug(_note)
 
 
+def _guard_of_another_copy(target: Any, chain: Any) -> _Installed | None:
+    """A guard already on the method and on, put there by another copy of the package (vendored,
+    symlinked) or by this one before ``importlib.reload``: it is adopted, not wrapped again."""
+    found = chain.enabled_guard()
+    if found is None:
+        return None
+    wrapper, guard = found
+    module = sys.modules.get(type(guard).__module__)
+    by = os.path.dirname(getattr(module, "__file__", None) or type(guard).__module__)
+    return _Installed(target, chain.owner, wrapper, frozenset(guard.patched), by=by)
+
+
 def revert() -> Status:
     """Take the guards off: put back the exact original objects.
 
-    If another wrapper was put on top of ours since (as tracing tools do), theirs is kept
-    working: ours is switched off in place and the status says so. Never raises.
+    Other libraries' wrappers on the same methods (tracing tools') are kept working: ours is
+    taken out from beneath them, or, where it cannot be, switched off in place and the status
+    says so. Never raises.
     """
     global _note
     with _lock:
         if not _installed:
             return status()
+        kept = sorted({installed.target.label for installed, chain in _chains() if chain.others()})
         complaints = []
         for installed in _installed:
             try:
@@ -223,6 +329,8 @@ def revert() -> Status:
                 _say_once(complaint)
         _installed.clear()
         _note = "reverted: " + ("; ".join(complaints) if complaints else "RQ's own methods are back")
+        if kept:
+            _note += f" (beneath other libraries' wrappers on {', '.join(kept)}, which keep working)"
         return status()
 
 
@@ -231,12 +339,16 @@ def status() -> Status:
     from .report import DefectStatus, Status  # not at rq's import: the hook builds no report
 
     with _lock:
-        patched = frozenset().union(*(installed.patched for installed in _installed))
+        seen = [(installed, chain, installed.problem(chain)) for installed, chain in _chains()]
+        in_place = [installed for installed, _chain, problem in seen if problem is None]
+        patched = frozenset().union(*(installed.patched for installed in in_place))
+        problems = [problem for _installed, _chain, problem in seen if problem]
+        alongside = [_alongside(installed, chain) for installed, chain, _problem in seen]
         return Status(
             rq_version=_version("rq"),
             redis_version=_version("redis"),
-            active=bool(_installed),
-            note=_note,
+            active=bool(in_place),
+            note="; ".join([_note, *problems]),
             defects=tuple(
                 DefectStatus(
                     id=f.defect.id,
@@ -248,6 +360,7 @@ def status() -> Status:
                 )
                 for f in _findings
             ),
+            neighbours=tuple(line for line in [*alongside, *_unguarded] if line),
         )
 
 

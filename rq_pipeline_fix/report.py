@@ -15,6 +15,7 @@ change; keys may be added)::
       "redis_version": "8.1.0",   # redis-py; null when not installed
       "active": true,             # the guard is in place and enabled in this process
       "note": "guard on rq.queue.Queue.setup_dependencies for D2, D3",
+      "neighbours": [],           # other libraries' wrappers on the guarded methods, and where ours sits
       "unpatched": [],            # ids detected (or not ruled out by probe or table) but not patched
       "defects": [
         {
@@ -66,13 +67,17 @@ class DefectStatus:
 @dataclasses.dataclass(frozen=True)
 class Status:
     """What rq-pipeline-fix did in this process. ``active``: the guard is in place and enabled;
-    ``note``: why it is not, or what happened last."""
+    ``note``: why it is not, or what happened last (and what changed since, e.g. a guard another
+    library's unpatch took off); ``neighbours``: other libraries' wrappers on the guarded methods."""
 
     rq_version: str | None
     redis_version: str | None
     active: bool
     note: str
     defects: tuple[DefectStatus, ...] = dataclasses.field(default=())
+    # Other libraries' wrappers on the methods we guard (OpenTelemetry, ...), and where the guard
+    # sits among them; also a method replaced without keeping RQ's own. Empty: none.
+    neighbours: tuple[str, ...] = dataclasses.field(default=())
 
     @property
     def unpatched(self) -> tuple[DefectStatus, ...]:
@@ -166,6 +171,7 @@ def table(status: Status) -> str:
     lines = [
         f"rq {status.rq_version or 'not installed'} · redis-py {status.redis_version or 'not installed'}",
         f"guard: {'on' if status.active else 'off'} ({status.note})",
+        *(f"alongside: {line}" for line in status.neighbours),
         "",
     ]
     lines += ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[4]]) for row in rows]
