@@ -137,7 +137,9 @@ def _alongside(installed: _Installed, chain: Any) -> str | None:
             "answers itself do not reach it"
         )
     if above:
-        parts.append(f"beneath {', '.join(above)}, which sees every call")
+        direct = chain.original is not None and not below
+        where = "guard directly on RQ's own, beneath" if direct else "beneath"
+        parts.append(f"{where} {', '.join(above)}, which {'see' if len(above) > 1 else 'sees'} every call")
     return f"{installed.target.label}: {'; '.join(parts)}" if parts else None
 
 
