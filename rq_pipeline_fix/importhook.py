@@ -89,3 +89,44 @@ class _CallbackLoader:
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_resource_reader, ...
         return getattr(self.loader, name)
+
+
+def is_initialised(name: str) -> bool:
+    """``name`` is imported and its module code has run to the end."""
+    module = sys.modules.get(name)
+    return module is not None and not _initialising(module)
+
+
+def _initialising(module: Any) -> bool:
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def when_initialised(name: str, callback: Callback) -> None:
+    """``when_imported``, but never with a module whose code is still running: when ``name`` is
+    being imported right now (it is what imports rq, say), ``callback`` runs at the first import
+    that starts after it finished."""
+    module = sys.modules.get(name)
+    if module is None or not _initialising(module):
+        when_imported(name, callback)
+    else:
+        sys.meta_path.insert(0, _AfterImportFinder(name, callback))
+
+
+class _AfterImportFinder:
+    """A meta path finder that finds nothing: it only looks, at each import, whether ``name``
+    has finished importing, and then hands it over once and removes itself."""
+
+    def __init__(self, name: str, callback: Callback) -> None:
+        self.name = name
+        self.callback: Callback | None = callback
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        callback = self.callback
+        module = sys.modules.get(self.name)
+        if callback is None or module is None or _initialising(module):
+            return None
+        self.callback = None  # once, even if two threads get here together
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        callback(module)
+        return None

@@ -65,6 +65,32 @@ def watched_field(pipe: Any, keys: Sequence[Any], field: str) -> dict[Any, Any]:
     return {key: notes.watched[key] for key in keys}
 
 
+def watched_exists(pipe: Any, keys: Sequence[Any]) -> dict[Any, bool]:
+    """``EXISTS key`` for each of ``keys``, each key WATCHed first on the connection that will run
+    the pipeline's EXEC (as ``watched_field`` does): a key created or deleted before EXEC aborts
+    the caller's transaction. One round trip."""
+    replies = _watch_and_read(pipe, keys, [("EXISTS", key) for key in keys])
+    return {key: bool(reply) for key, reply in zip(keys, replies)}
+
+
+def unwatch(pipe: Any) -> None:
+    """UNWATCH on the pipeline's connection and leave immediate mode: for when every key WATCHed
+    in this transaction was WATCHed by us and none of them matters any more. A lost connection
+    took its WATCHes with it, so it is only closed."""
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    pipe.watching = False
+    notes_on(pipe).watched.clear()
+    conn = pipe.connection
+    if conn is None:
+        return
+    try:
+        conn.send_command("UNWATCH")
+        conn.read_response()
+    except (ConnectionError, TimeoutError):
+        conn.disconnect()
+
+
 def _watch_and_read(pipe: Any, watch_keys: Sequence[Any], reads: Sequence[tuple[Any, ...]]) -> list[Any]:
     """WATCH, then the reads, pipelined in one round trip on the pipeline's own connection.
 
@@ -285,3 +311,9 @@ def statuses_written(pipe: Any) -> dict[Any, Any]:
     """Hash keys written by the pipeline's buffered commands, each with the last status the
     batch sets in it (``NO_STATUS`` when it writes the hash without one)."""
     return notes_on(pipe).written
+
+
+def note_written(pipe: Any, key: Any, status: Any) -> None:
+    """Count hash ``key`` as written by this transaction with ``status``, for a write that is not
+    a plain HSET (a Lua script buffered in the pipeline)."""
+    notes_on(pipe).written[key] = status

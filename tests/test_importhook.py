@@ -20,7 +20,9 @@ def module_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     yield tmp_path
     for name in [n for n in sys.modules if n.startswith("hooked_")]:
         del sys.modules[name]
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _PostImportFinder)]
+    sys.meta_path[:] = [
+        f for f in sys.meta_path if not (isinstance(f, _PostImportFinder) and f.name.startswith("hooked_"))
+    ]
 
 
 def test_callback_runs_after_the_module_is_imported_and_the_hook_leaves(module_dir: Path) -> None:
@@ -32,7 +34,7 @@ def test_callback_runs_after_the_module_is_imported_and_the_hook_leaves(module_d
 
     assert seen == [hooked_late] and hooked_late.VALUE == 42
     assert type(hooked_late.__loader__).__name__ == "SourceFileLoader"  # the real loader is back
-    assert not any(isinstance(f, _PostImportFinder) for f in sys.meta_path)
+    assert not any(isinstance(f, _PostImportFinder) and f.name == "hooked_late" for f in sys.meta_path)
 
 
 def test_callback_runs_at_once_for_a_module_already_imported(module_dir: Path) -> None:
