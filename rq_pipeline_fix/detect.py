@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Callable, NamedTuple
 
 
@@ -39,8 +39,11 @@ class Defect(NamedTuple):  # NamedTuples, not dataclasses: those cost a millisec
 LAST_MEASURED_RQ = "3.0.0"
 
 _CHECK = "Dependency.get_jobs_with_met_dependencies"  # enqueue_many's dependency check
+_SAVE_UNIQUE = "rq.queue.save_unique_job"  # the unique= script helpers, by the name rq.queue calls
 _SINCE_1_9 = ">=1.9.0"  # pipeline= on enqueue calls arrived in 1.9.0
 _SINCE_1_15 = ">=1.15.0"  # enqueue_many takes depends_on (rq.dependency appears)
+_SINCE_2_0 = ">=2.0.0"  # rq.group appears
+_SINCE_2_8 = ">=2.8.0"  # unique= appears (enqueue_call, enqueue_job, schedule_job)
 
 # fmt: off
 DEFECTS: tuple[Defect, ...] = (
@@ -54,6 +57,9 @@ DEFECTS: tuple[Defect, ...] = (
            "Queue.schedule_job"),
     Defect("D8", "enqueue_at/enqueue_in put the scheduled entry outside the caller's pipeline",
            ">=1.9.0,<3.0.0", "ScheduledJobRegistry.schedule"),
+    Defect("D9", "Group.enqueue_many runs the caller's execute()", _SINCE_2_0, "Group.enqueue_many"),
+    Defect("D10", "unique=True writes the job at once through the queue's own connection", _SINCE_2_8,
+           _SAVE_UNIQUE),
 )
 # fmt: on
 DEFECTS_BY_ID = {defect.id: defect for defect in DEFECTS}
@@ -218,8 +224,8 @@ class _ProbeKit:
         assert method is not None
         return method
 
-    def job(self, depends_on: str | None = None) -> Any:
-        return _known_server(self.queue.create_job("os.getpid", depends_on=depends_on))
+    def job(self, depends_on: str | None = None, job_id: str | None = None) -> Any:
+        return _known_server(self.queue.create_job("os.getpid", depends_on=depends_on, job_id=job_id))
 
     def child(self) -> Any:
         return self.job(depends_on="rq-pipeline-fix-probe-parent")
@@ -300,6 +306,48 @@ def _probe_d8(kit: _ProbeKit) -> bool:
     return False
 
 
+def _probe_d9(kit: _ProbeKit) -> bool:
+    from rq.group import Group
+    from rq.queue import Queue
+
+    enqueue_many = kit.original("Group.enqueue_many")
+    group = Group(kit.connection, name="rq-pipeline-fix-probe")
+    pipe = _RecordingPipeline()
+    enqueue_many(group, kit.queue, [Queue.prepare_data("os.getpid")], pipeline=pipe)
+    return pipe.executed
+
+
+def _probe_d10(kit: _ProbeKit) -> bool:
+    """RQ's own unique enqueue and unique schedule, each given a caller's pipeline (a stand-in,
+    which the guards leave to RQ): does either run its script on the queue's connection?"""
+    from datetime import datetime, timezone
+
+    from .unique import forget_scripts_registered_on
+
+    def writes_around(run: Callable[[], object]) -> bool:
+        try:
+            run()
+        except ProbeTouchedRedis:  # the script ran on the queue's connection, not the pipeline
+            return True
+        finally:
+            forget_scripts_registered_on(kit.connection)  # RQ caches the script per connection
+        return False
+
+    def job() -> Any:
+        return kit.job(job_id="rq-pipeline-fix-probe")
+
+    enqueue_job: Any = type(kit.queue).enqueue_job  # RQ's own, where the kit is built on RQ's own
+    schedule_job = kit.original("Queue.schedule_job")
+    when = datetime.now(timezone.utc)
+    return writes_around(
+        lambda: enqueue_job(kit.queue, job(), pipeline=_RecordingPipeline(), unique=True)
+    ) or (
+        writes_around(
+            lambda: schedule_job(kit.queue, job(), when, pipeline=_RecordingPipeline(), unique=True)
+        )
+    )
+
+
 PROBES: dict[str, Callable[[_ProbeKit], bool]] = {
     "D1": _probe_d1,
     "D2": _probe_d2,
@@ -309,6 +357,8 @@ PROBES: dict[str, Callable[[_ProbeKit], bool]] = {
     "D6": _probe_d6,
     "D7": _probe_d7,
     "D8": _probe_d8,
+    "D9": _probe_d9,
+    "D10": _probe_d10,
 }
 
 
@@ -328,33 +378,54 @@ def check_shape(label: str, attribute: object, expected: Sequence[str], more_ok:
     return None
 
 
-def detect(originals: Mapping[str, Callable[..., Any] | None], rq_version: str | None) -> list[Finding]:
-    """Probe every defect of ``DEFECTS`` in the installed RQ; never raises.
+NOT_IMPORTED_YET = "not probed yet"  # the start of a Finding's note while its module is awaited
+
+
+def detect(
+    originals: Mapping[str, Callable[..., Any] | None],
+    rq_version: str | None,
+    only: Collection[str] | None = None,
+    awaited: Mapping[str, str] | None = None,
+) -> list[Finding]:
+    """Probe every defect of ``DEFECTS`` (or those whose ids are in ``only``) in the installed
+    RQ; never raises.
 
     ``originals`` maps "Class.method" to RQ's original, bound as RQ calls it (a plain function
     for ``Queue.setup_dependencies``), or to None where the installed RQ lacks the method.
+    ``awaited`` maps the label of a method whose module is not imported yet (rq imports it later
+    in its own ``import rq``) to that module: its defect is probed once it is.
     """
-    findings = _probe_all(originals, rq_version, rq_own=False)
-    if any(finding.probe is None for finding in findings):
+    awaited = awaited or {}
+    defects = [defect for defect in DEFECTS if only is None or defect.id in only]
+    findings = _probe_all(defects, originals, rq_version, awaited, rq_own=False)
+    if any(finding.probe is None and not finding.note.startswith(NOT_IMPORTED_YET) for finding in findings):
         # Another library's wrapper on a method the probes use (Queue.create_job, Job.save, ...)
         # may have touched Redis: probe again on RQ's own methods beneath such wrappers. Only
         # then: walking Queue's and Job's ~200 attributes costs more than every probe together.
-        findings = _probe_all(originals, rq_version, rq_own=True)
+        findings = _probe_all(defects, originals, rq_version, awaited, rq_own=True)
     return findings
 
 
 def _probe_all(
-    originals: Mapping[str, Callable[..., Any] | None], rq_version: str | None, rq_own: bool
+    defects: list[Defect],
+    originals: Mapping[str, Callable[..., Any] | None],
+    rq_version: str | None,
+    awaited: Mapping[str, str],
+    rq_own: bool,
 ) -> list[Finding]:
     try:
         kit: _ProbeKit | None = _ProbeKit(originals, rq_own)
         kit_error = ""
     except Exception as exc:
         kit, kit_error = None, f"the probe could not set up: {exc!r}"
-    return [_finding(defect, kit, kit_error, rq_version) for defect in DEFECTS]
+    return [_finding(defect, kit, kit_error, rq_version, awaited.get(defect.method)) for defect in defects]
 
 
-def _finding(defect: Defect, kit: _ProbeKit | None, kit_error: str, rq_version: str | None) -> Finding:
+def _finding(
+    defect: Defect, kit: _ProbeKit | None, kit_error: str, rq_version: str | None, awaited: str | None
+) -> Finding:
+    if awaited is not None:
+        return Finding(defect, None, rq_version, f"{NOT_IMPORTED_YET}: {awaited} has not been imported")
     if kit is None:
         return Finding(defect, None, rq_version, kit_error)
     if kit.originals.get(defect.method) is None:

@@ -9,7 +9,11 @@ dependencies in ``Dependency.get_jobs_with_met_dependencies``, which WATCHes (D4
 WATCHing pipeline, which runs each command at once instead of buffering it (D6, D7). Each guard
 looks up the pipeline's state in its table and steps in only where the installed RQ was found to
 fail; everywhere else it calls RQ. Before 3.0, ``ScheduledJobRegistry.schedule`` ignores the
-pipeline and writes through its own connection (D8): that guard needs no table.
+pipeline and writes through its own connection (D8): that guard needs no table. Neither do
+``Group.enqueue_many``, which runs the caller's ``execute()`` (D9), the Lua helpers behind
+``unique=True``, which write through the queue's connection (D10), and django-rq's
+``DjangoRQ.enqueue_call``, whose deferred commit modes replay an enqueue into a pipeline already
+executed (see ``djangorq``): each has one fix for every pipeline state.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from typing import Any, Callable, NamedTuple
 
 from redis.client import Pipeline  # fakeredis pipelines subclass it; ClusterPipeline does not
 
-from . import deps
+from . import deps, djangorq
 from .pipelines import PipelineState, pipeline_state, start_transaction
+from .unique import callers_pipeline, callers_without_pipeline, unique_in_transaction
 
 Action = Callable[..., Any]
 
@@ -163,6 +168,131 @@ class ScheduleThroughPipeline(_Wrapper):
         return wrapped.__func__(registry, *args, **kwargs)
 
 
+class CheckedGuard(Guard):
+    """A Guard that first refuses, with a TypeError, a ``pipeline=`` that is not redis-py's where
+    RQ would write part of the call through it and then fail (``target.refuse``). Only on
+    ``enqueue_many`` and ``schedule_job``: the per-enqueue path keeps the plain Guard."""
+
+    def __call__(self, wrapped: Action, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        pipe = self.pipeline_of(args, kwargs)
+        refuse = self.target.refuse
+        if pipe is not None and refuse is not None and self.enabled and not isinstance(pipe, Pipeline):
+            args, kwargs = refuse(self, pipe, args, kwargs)
+        return Guard.__call__(self, wrapped, instance, args, kwargs)
+
+
+def _has_execute(pipe: Any) -> bool:
+    return callable(getattr(pipe, "execute", None))
+
+
+def _refuse_client_for_dependent_jobs(
+    guard: _Wrapper, pipe: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``enqueue_many(job_datas, pipeline=<a Redis client>)`` with ``depends_on``: RQ saves the
+    jobs through the client at once, then calls its ``execute()``, which a client does not have."""
+    if _has_execute(pipe) or not callable(getattr(pipe, "hset", None)):
+        return args, kwargs  # a pipeline of another kind buffers, and what cannot write fails first
+    job_datas = list(args[0] if args else kwargs.get(guard.subject_name, ()))  # may be a one-shot iterable
+    args, kwargs = (
+        ((job_datas, *args[1:]), kwargs) if args else (args, {**kwargs, guard.subject_name: job_datas})
+    )
+    if any(getattr(job_data, "depends_on", None) for job_data in job_datas):
+        raise TypeError(
+            f"rq-pipeline-fix: pipeline= must be a pipeline (connection.pipeline()), not a "
+            f"{type(pipe).__name__}: enqueue_many with depends_on would write the jobs through it at "
+            "once and then fail calling its execute(), leaving the batch half-enqueued"
+        )
+    return args, kwargs
+
+
+def _refuse_foreign_pipeline_for_scheduled_entry(
+    guard: _Wrapper, pipe: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``schedule_job`` (behind ``enqueue_at``/``enqueue_in``) where D8 is patched: RQ writes the
+    scheduled-registry entry through the queue's own connection, and ``ScheduleThroughPipeline``
+    can move it into a redis-py Pipeline only. Into any other pipeline (a ClusterPipeline, say)
+    the entry would land at once while the job itself waits in, or fails with, that pipeline."""
+    if "D8" in guard.patched and _has_execute(pipe):
+        raise TypeError(
+            f"rq-pipeline-fix: this RQ writes the scheduled-registry entry of enqueue_at/enqueue_in "
+            f"through the queue's own connection (D8); it can be moved into a redis-py Pipeline, not "
+            f"a {type(pipe).__name__}. Use connection.pipeline(), or enqueue_at without pipeline="
+        )
+    return args, kwargs
+
+
+class _ExecuteLeftToCaller:
+    """The caller's pipeline, for RQ code that ends by calling ``execute()`` on it: every command
+    goes to the pipeline as RQ sends it; ``execute()`` does nothing, the caller's own runs it all."""
+
+    __slots__ = ("_pipe",)
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe = pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    def execute(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return []
+
+
+def _function_of(wrapped: Any) -> Any:
+    """RQ's plain function behind what wrapt hands a wrapper (a bound method, or a partial when
+    the method was called through the class)."""
+    return getattr(wrapped, "__func__", None) or wrapped.__wrapped__
+
+
+class GroupInTransaction(_Wrapper):
+    """``Group.enqueue_many(queue, job_datas, pipeline)``: RQ enqueues the jobs into the pipeline,
+    then ``Group._add_jobs`` adds the group's keys and runs ``execute()`` on it (D9), so with a
+    caller's pipeline its earlier commands and the batch reach Redis before the caller's
+    ``execute()``. Fix: RQ's own method, on a copy of the group whose ``_add_jobs`` gets the
+    pipeline behind a stand-in that leaves ``execute()`` to the caller. The caller's group and
+    pipeline are not changed; ``pipeline=None`` is RQ's own way."""
+
+    def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        pipe = self.pipeline_of(args, kwargs)
+        if not (self.enabled and isinstance(pipe, Pipeline)) or "D9" not in self.patched:
+            return wrapped(*args, **kwargs)
+        group = copy.copy(instance)
+        add_jobs = type(instance)._add_jobs
+        group._add_jobs = lambda jobs, pipeline: add_jobs(
+            group, jobs, pipeline=_ExecuteLeftToCaller(pipeline)
+        )
+        return _function_of(wrapped)(group, *args, **kwargs)
+
+
+class UniqueInTransaction(_Wrapper):
+    """rq.queue's ``save_unique_job`` / ``schedule_unique_job``, the Lua helpers behind
+    ``unique=True`` (D10), which RQ calls with the queue's connection whatever ``pipeline=`` the
+    enqueue was given. With a caller's redis-py pipeline, the job joins its transaction
+    (``unique.unique_in_transaction``); without one, RQ's own script runs as RQ runs it."""
+
+    def __init__(self, target: Target, patched: frozenset[str]) -> None:
+        super().__init__(target, patched)
+        self.job_at = target.parameters.index("job")  # module-level functions: no self to skip
+
+    def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        pipe = callers_pipeline() if self.enabled and "D10" in self.patched else None
+        if not isinstance(pipe, Pipeline):
+            return wrapped(*args, **kwargs)
+        job = args[self.job_at] if len(args) > self.job_at else kwargs["job"]
+        return unique_in_transaction(wrapped, job, pipe, args, kwargs)
+
+
+class PipelineAtTheCall(_Wrapper):
+    """django-rq's ``DjangoRQ.enqueue_call(*args, **kwargs)``: see ``djangorq``. An enqueue given
+    ``pipeline=`` goes into that pipeline at the call, in every commit mode; any other enqueue
+    is django-rq's own."""
+
+    def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not self.enabled or kwargs.get("pipeline") is None:
+            return wrapped(*args, **kwargs)
+        djangorq.say_when_not_deferred(instance)
+        return instance.original_enqueue_call(*args, **kwargs)
+
+
 def _setup_dependencies_table(job: Any) -> dict[PipelineState, Decision]:
     return WITH_DEPENDENCIES if job._dependency_ids else WITHOUT_DEPENDENCIES
 
@@ -171,9 +301,14 @@ def _no_table(subject: Any) -> dict[PipelineState, Decision]:
     return {}
 
 
+Refusal = Callable[[_Wrapper, Any, tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
+
+
 class Target(NamedTuple):  # not a dataclass: creating one costs a millisecond at rq's import
-    """One method of RQ that we wrap: where it is, the parameters we expect, the defects it has,
-    and which decision table applies to a call (by its first argument)."""
+    """One method that we wrap: where it is, the parameters we expect, the defects it has, and
+    which decision table applies to a call (by its first argument). ``owner`` "" is the module
+    itself (a module-level function, wrapped under the name its callers look up). A target with
+    no defects fixes a neighbour of RQ, not RQ: it is wrapped whenever it is found."""
 
     module: str
     owner: str
@@ -183,10 +318,15 @@ class Target(NamedTuple):  # not a dataclass: creating one costs a millisecond a
     table_for: Callable[[Any], dict[PipelineState, Decision]] = _no_table
     more_parameters_ok: bool = False  # later RQ releases add trailing options we pass through
     wrapper: type[_Wrapper] = Guard
+    # Its module is imported by its own package, never by us: rq.group cannot be imported while
+    # rq/__init__ is still running (when rq.queue's hook fires), and django_rq is not ours to load.
+    late: bool = False
+    check: Callable[[Any], str | None] | None = None  # why the owner cannot be wrapped, beyond its shape
+    refuse: Refusal | None = None  # for CheckedGuard
 
     @property
     def label(self) -> str:
-        return f"{self.owner}.{self.name}"
+        return f"{self.owner or self.module}.{self.name}"
 
 
 SETUP_DEPENDENCIES = Target(
@@ -213,15 +353,19 @@ ENQUEUE_MANY = Target(
     ("D6",),
     lambda job_datas: ENQUEUE_MANY_WRITES,
     more_parameters_ok=True,
+    wrapper=CheckedGuard,
+    refuse=_refuse_client_for_dependent_jobs,
 )
 SCHEDULE_JOB = Target(
     "rq.queue",
     "Queue",
     "schedule_job",
     ("self", "job", "datetime", "pipeline"),
-    ("D7",),
+    ("D7", "D8"),  # D8: a pipeline the scheduled entry cannot be moved into is refused here
     lambda job: SCHEDULE_JOB_WRITES,
     more_parameters_ok=True,
+    wrapper=CheckedGuard,
+    refuse=_refuse_foreign_pipeline_for_scheduled_entry,
 )
 REGISTRY_SCHEDULE = Target(
     "rq.registry",
@@ -232,4 +376,56 @@ REGISTRY_SCHEDULE = Target(
     more_parameters_ok=True,
     wrapper=ScheduleThroughPipeline,  # one fix for every pipeline state: no table
 )
-TARGETS = (SETUP_DEPENDENCIES, GET_JOBS_WITH_MET_DEPENDENCIES, ENQUEUE_MANY, SCHEDULE_JOB, REGISTRY_SCHEDULE)
+GROUP_ENQUEUE_MANY = Target(
+    "rq.group",  # RQ 2.0 on
+    "Group",
+    "enqueue_many",
+    ("self", "queue", "job_datas", "pipeline"),
+    ("D9",),
+    more_parameters_ok=True,
+    wrapper=GroupInTransaction,
+    late=True,
+    check=lambda group: None if callable(getattr(group, "_add_jobs", None)) else "Group has no _add_jobs",
+)
+
+
+def _unique_script_helper(name: str, parameters: tuple[str, ...]) -> Target:
+    """A Lua helper behind unique=True, by the name rq.queue imported from rq.scripts (RQ 2.8 on)
+    and calls: wrapping it there costs nothing to enqueues without unique=."""
+    return Target(
+        "rq.queue",
+        "",
+        name,
+        parameters,
+        ("D10",),
+        more_parameters_ok=True,
+        wrapper=UniqueInTransaction,
+        check=lambda module: callers_without_pipeline(module, name),
+    )
+
+
+SAVE_UNIQUE_JOB = _unique_script_helper("save_unique_job", ("connection", "queue_key", "job"))
+SCHEDULE_UNIQUE_JOB = _unique_script_helper(
+    "schedule_unique_job", ("connection", "queue_key", "registry_key", "job")
+)
+DJANGO_RQ_ENQUEUE_CALL = Target(
+    "django_rq.queues",
+    "DjangoRQ",
+    "enqueue_call",
+    ("self", "args", "kwargs"),
+    (),  # django-rq's commit modes, not an RQ defect: wrapped whenever django-rq is imported
+    wrapper=PipelineAtTheCall,
+    late=True,
+    check=djangorq.why_not_wrappable,
+)
+TARGETS = (
+    SETUP_DEPENDENCIES,
+    GET_JOBS_WITH_MET_DEPENDENCIES,
+    ENQUEUE_MANY,
+    SCHEDULE_JOB,
+    REGISTRY_SCHEDULE,
+    GROUP_ENQUEUE_MANY,
+    SAVE_UNIQUE_JOB,
+    SCHEDULE_UNIQUE_JOB,
+    DJANGO_RQ_ENQUEUE_CALL,
+)

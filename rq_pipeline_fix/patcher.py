@@ -81,9 +81,7 @@ class _Installed:
         return cls(target, chain.owner, wrapper, patched)
 
     def chain(self) -> Any:
-        from .neighbours import chain_of
-
-        return chain_of(self.owner, self.target.name)
+        return _chain(self.target, self.owner)
 
     def problem(self, chain: Any) -> str | None:
         """What happened to the guard since it went on, if it is no longer in place and on."""
@@ -158,7 +156,10 @@ if _reinit_lock is not None:  # a child forked while another thread held the loc
     os.register_at_fork(after_in_child=_reinit_lock)
 _installed: list[_Installed] = []
 _findings: list[Any] = []  # detect.Finding, probed once per set of original methods
-_probed: tuple[object, ...] = ()
+_probed: dict[str, object] = {}  # label -> the original attribute the findings were probed on
+_bound: dict[str, Any] = {}  # label -> that original, bound as RQ calls it (the probes' input)
+_awaited: set[str] = set()  # modules of late targets whose import we wait for (see guard.Target.late)
+_wanted = False  # apply() is in force: a late target is patched when its module is imported
 _note = "not applied yet: rq.queue has not been imported"
 _unguarded: list[str] = []  # methods another library replaced without keeping RQ's, left unguarded
 _warned: set[str] = set()
@@ -207,17 +208,68 @@ def _apply() -> None:
             _leave_rq_alone(f"left RQ untouched: unexpected error while patching: {exc!r}")
 
 
-def _find(target: Any, chain_of: Callable[[type, str], Any]) -> Any:
+def _find(target: Any, chain_of: Callable[[Any, str], Any]) -> Any:
     """The chain of wrappers on ``target`` down to RQ's own function (neighbours.Chain), or None
-    where this RQ does not define the method."""
+    where this RQ does not define the method. ``owner`` "" is the module itself (a module-level
+    function). A target without defects fixes a neighbour of RQ's: its own function is the
+    neighbour's, not RQ's."""
     try:
         module = importlib.import_module(target.module)
     except ImportError:
         return None
-    owner = getattr(module, target.owner, None)
-    if not isinstance(owner, type) or target.name not in owner.__dict__:
+    owner = getattr(module, target.owner, None) if target.owner else module
+    if not (isinstance(owner, type) or owner is module) or target.name not in owner.__dict__:
         return None
-    return chain_of(owner, target.name)
+    return _chain(target, owner, chain_of)
+
+
+def _chain(target: Any, owner: Any, chain_of: Callable[[Any, str], Any] | None = None) -> Any:
+    """``neighbours.chain_of``, except that for a neighbour's method (a target without defects)
+    its own function, not RQ's, ends the chain."""
+    if chain_of is None:
+        from . import neighbours
+
+        chain_of = neighbours.chain_of
+    chain = chain_of(owner, target.name)
+    if target.defects or chain.original is not None:
+        return chain
+    from types import FunctionType
+
+    from .neighbours import Chain
+
+    for index, layer in enumerate(chain.layers):  # the first plain function from the outside in
+        if type(layer.obj) is FunctionType:
+            return Chain(owner, target.name, chain.layers[:index], layer.obj, layer.slot)
+    return chain
+
+
+def _usable(target: Any, chain: Any) -> str | None:
+    """Why ``target``, found as ``chain``, cannot be wrapped safely, or None."""
+    from .detect import check_shape
+
+    judged = chain.judged if chain else None
+    problem = check_shape(target.label, judged, target.parameters, target.more_parameters_ok)
+    if problem is None and chain is not None and target.check is not None:
+        problem = target.check(chain.owner)
+    return problem
+
+
+def _may_come(module: str) -> bool:
+    """False when ``module``'s package is imported and has no such module (rq.group before RQ
+    2.0); asking never imports anything, and a package not imported yet may bring it later."""
+    package = module.rpartition(".")[0]
+    if package not in sys.modules:
+        return True
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _what(target: Any) -> str:
+    return ", ".join(target.defects) or target.label
 
 
 def _chains() -> list[tuple[_Installed, Any]]:
@@ -231,7 +283,7 @@ def _in_place() -> bool:
 
 
 def _install() -> None:
-    global _findings, _probed, _note, _unguarded
+    global _findings, _probed, _bound, _wanted
     try:
         import rq.queue  # noqa: F401
     except Exception as exc:
@@ -239,35 +291,49 @@ def _install() -> None:
         return
     if _in_place():  # importing rq.queue just now ran our import hook, which applied the guards
         return
-    from .detect import check_shape, detect
+    from .detect import NOT_IMPORTED_YET, detect
     from .guard import SETUP_DEPENDENCIES, TARGETS
+    from .importhook import is_initialised
     from .neighbours import chain_of
 
     for stale in [installed for installed, chain in _chains() if installed.problem(chain)]:
         stale.guard.enabled = False  # gone, or switched off by another copy: a new one goes on below
         _installed.remove(stale)
-    guarded = {installed.target for installed in _installed}
-    found = {target: _find(target, chain_of) for target in TARGETS}
+    awaited = {
+        t: t.module for t in TARGETS if t.late and not is_initialised(t.module) and _may_come(t.module)
+    }
     usable: dict[Any, Any] = {}
-    judged: dict[Any, Any] = {}  # RQ's own beneath any wrapper, where it can be found
-    for target, chain in found.items():
-        judged[target] = chain.judged if chain else None
-        problem = check_shape(target.label, judged[target], target.parameters, target.more_parameters_ok)
+    for target in TARGETS:
+        chain = None if target in awaited else _find(target, chain_of)
+        problem = _usable(target, chain)
         if chain is not None and problem is None:
             usable[target] = chain
         elif target is SETUP_DEPENDENCIES:
             _leave_rq_alone(f"left RQ untouched: {problem}")
             return
         elif chain is not None:
-            _say_once(f"{', '.join(target.defects)} not patched: {problem}")
-    originals = tuple(getattr(judged[target], "__func__", judged[target]) for target in usable)
+            _say_once(f"{_what(target)} not patched: {problem}")
+    originals = {t.label: getattr(chain.judged, "__func__", chain.judged) for t, chain in usable.items()}
     if _probed != originals:
-        bound = {t.label: judged[t].__get__(None, chain.owner) for t, chain in usable.items()}
-        _findings, _probed = detect(bound, _version("rq")), originals
+        _bound = {t.label: chain.judged.__get__(None, chain.owner) for t, chain in usable.items()}
+        labels = {target.label: module for target, module in awaited.items()}
+        _findings, _probed = detect(_bound, _version("rq"), awaited=labels), originals
     for finding in _findings:
-        if finding.probe is None:
+        if finding.probe is None and not finding.note.startswith(NOT_IMPORTED_YET):
             _say_once(f"{finding.defect.id} not patched: {finding.reason}")
+    _wanted = True
+    _put_on(usable)
+    for module in set(awaited.values()) - _awaited:
+        _awaited.add(module)
+        _when_initialised(module, _install_late)
+
+
+def _put_on(usable: dict[Any, Any]) -> None:
+    """Guard each usable target whose defects were detected (or that fixes a neighbour), unless
+    a guard of ours is already on it."""
+    global _note, _unguarded
     detected = frozenset(finding.defect.id for finding in _findings if finding.probe)
+    guarded = {installed.target for installed in _installed}
     for target, chain in usable.items():
         patched = detected & frozenset(target.defects)
         if target in guarded:
@@ -281,10 +347,12 @@ def _install() -> None:
                     f"{missing} not patched: the guard another copy of rq-pipeline-fix ({theirs.by}) "
                     f"put on {target.label} does not fix {'them' if ',' in missing else 'it'}"
                 )
-        elif patched:
+        elif patched or not target.defects:
             _installed.append(_Installed.put_on(target, chain, patched))
     guarded = {installed.target for installed in _installed}
     _unguarded = [
+        line for line in _unguarded if not any(line.startswith(f"{target.label}: ") for target in usable)
+    ] + [
         f"{target.label}: {_replaced(chain)}"
         for target, chain in usable.items()
         if chain.original is None and target not in guarded
@@ -292,8 +360,57 @@ def _install() -> None:
     if not _installed:
         _note = "nothing to do: the installed RQ has none of the defects the guards fix"
         return
-    _note = "; ".join(f"guard on {i.target.label} for {', '.join(sorted(i.patched))}" for i in _installed)
+    _note = "; ".join(
+        f"guard on {i.target.label}" + (f" for {', '.join(sorted(i.patched))}" if i.patched else "")
+        for i in _installed
+    )
     log.debug(_note)
+
+
+def _when_initialised(module: str, callback: Any) -> None:
+    from .importhook import when_initialised
+
+    when_initialised(module, callback)
+
+
+def _install_late(module: Any) -> None:
+    """Import hook for a late target's module (rq.group, django_rq.queues): probe and wrap its
+    targets, if the guard is still wanted. Never raises into the host's import."""
+    global _findings
+    try:
+        with _lock:
+            _awaited.discard(module.__name__)
+            if not _wanted:
+                return
+            from .detect import DEFECTS, detect
+            from .guard import TARGETS
+            from .neighbours import chain_of
+
+            targets = [t for t in TARGETS if t.late and t.module == module.__name__]
+            usable: dict[Any, Any] = {}
+            for target in targets:
+                chain = _find(target, chain_of)
+                problem = _usable(target, chain)
+                if chain is not None and problem is None:
+                    usable[target] = chain
+                    _probed[target.label] = getattr(chain.judged, "__func__", chain.judged)
+                    _bound[target.label] = chain.judged.__get__(None, chain.owner)
+                elif chain is not None:
+                    _say_once(f"{_what(target)} not patched: {problem}")
+            ids = {defect for target in targets for defect in target.defects}
+            if ids:
+                fresh = {f.defect.id: f for f in detect(_bound, _version("rq"), only=ids)}
+                for finding in fresh.values():
+                    if finding.probe is None:
+                        _say_once(f"{finding.defect.id} not patched: {finding.reason}")
+                known = {f.defect.id: f for f in _findings if f.defect.id not in ids}
+                _findings = [
+                    known.get(d.id) or fresh[d.id] for d in DEFECTS if d.id in known or d.id in fresh
+                ]
+            _put_on(usable)
+    except Exception as exc:  # an exception here would fail the host's own import
+        with contextlib.suppress(Exception):  # (a warning turned into an error, say)
+            _say_once(f"{module.__name__} left untouched: unexpected error while patching: {exc!r}")
 
 
 def _guard_of_another_copy(target: Any, chain: Any) -> _Installed | None:
@@ -315,8 +432,9 @@ def revert() -> Status:
     taken out from beneath them, or, where it cannot be, switched off in place and the status
     says so. Never raises.
     """
-    global _note
+    global _note, _wanted
     with _lock:
+        _wanted = False
         if not _installed:
             return status()
         kept = sorted({installed.target.label for installed, chain in _chains() if chain.others()})

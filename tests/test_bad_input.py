@@ -1,6 +1,7 @@
 """Bad input and unusual environments: whatever is passed as ``pipeline=``, the outcome is RQ's
 own (the same call with the guard reverted, on a fresh database: same exception type, same
-final keys) or a clear error, and never a partial write; an RQ newer than the version table,
+final keys) or, where RQ itself would write part of the call and then fail, a TypeError naming
+the problem before anything is written; never a partial write. An RQ newer than the version table,
 or one whose probes cannot decide, or no rq at all, is reported as it is; the kill switch's
 other spellings.
 
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import product
 from pathlib import Path
 from typing import Any, Callable
 
@@ -134,6 +136,7 @@ KINDS: dict[str, Callable[[redis.Redis], Any]] = {
 
 # Where RQ itself writes before it fails: RQ's enqueue_many saves the jobs and registers their
 # dependencies through the client at once, then calls execute(), which a client does not have.
+# The guard refuses it with a TypeError instead (test_refused_before_anything_is_written).
 UPSTREAM_WRITES_THEN_FAILS = {("redis-client", "enqueue_many-dependent")}
 
 
@@ -198,8 +201,10 @@ def with_and_without_guard(
     return outcomes[0], outcomes[1]
 
 
-@pytest.mark.parametrize("operation", OPERATIONS)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("kind", "operation"),
+    [(k, o) for k in KINDS for o in OPERATIONS if (k, o) not in UPSTREAM_WRITES_THEN_FAILS],
+)
 def test_same_outcome_as_rq_without_the_guard(connection: redis.Redis, kind: str, operation: str) -> None:
     ours, upstream = with_and_without_guard(
         lambda: call(connection, lambda: KINDS[kind](connection), operation, redis_only(connection)),
@@ -209,28 +214,47 @@ def test_same_outcome_as_rq_without_the_guard(connection: redis.Redis, kind: str
 
 
 @pytest.mark.parametrize(
-    ("kind", "operation"),
-    [
-        pytest.param(
-            kind,
-            operation,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="RQ writes the jobs through the client, then fails on client.execute() "
-                "(AttributeError); the guard steps aside for non-pipelines. Proposed: the guard "
-                "raises TypeError naming the problem before anything is written.",
-            )
-            if (kind, operation) in UPSTREAM_WRITES_THEN_FAILS
-            else (),
-        )
-        for kind in KINDS
-        for operation in OPERATIONS
-    ],
+    ("kind", "operation"), sorted(UPSTREAM_WRITES_THEN_FAILS & set(product(KINDS, OPERATIONS)))
 )
+def test_refused_before_anything_is_written_where_rq_writes_then_fails(
+    connection: redis.Redis, kind: str, operation: str
+) -> None:
+    ours, upstream = with_and_without_guard(
+        lambda: call(connection, lambda: KINDS[kind](connection), operation, redis_only(connection)),
+        connection.flushdb,
+    )
+    assert upstream.error is not None and upstream.after != upstream.before  # RQ's own half-write
+    assert ours.error == "TypeError" and ours.after == ours.before
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_call_that_fails_writes_nothing(connection: redis.Redis, kind: str, operation: str) -> None:
     outcome = call(connection, lambda: KINDS[kind](connection), operation, redis_only(connection))
     if outcome.error is not None:
         assert outcome.after == outcome.before, f"{kind} {operation}: {outcome.error} after a partial write"
+
+
+def test_a_client_for_enqueue_many_with_dependencies_is_refused_with_a_message_naming_it(
+    connection: redis.Redis,
+) -> None:
+    if "enqueue_many-dependent" not in OPERATIONS:
+        pytest.skip("enqueue_many takes depends_on from RQ 1.15")
+    job_datas = (Queue.prepare_data(record, job_id=name, depends_on=PARENT) for name in "ab")  # one-shot
+    with pytest.raises(TypeError, match=r"pipeline= must be a pipeline .*not a Redis"):
+        Queue("default", connection=connection).enqueue_many(job_datas, pipeline=connection)
+    assert connection.keys("*") == []
+
+
+def test_a_client_for_enqueue_many_without_dependencies_writes_at_once_as_in_rq(
+    connection: redis.Redis,
+) -> None:
+    """No depends_on: RQ writes every job through the client and does not fail, so the guard
+    does not refuse it (a one-shot iterable of job datas still works)."""
+    job_datas = (Queue.prepare_data(record, job_id=name) for name in "ab")
+    jobs = Queue("default", connection=connection).enqueue_many(job_datas, pipeline=connection)
+    assert [job.id for job in jobs] == ["a", "b"]
+    assert Queue("default", connection=connection).job_ids == ["a", "b"]
 
 
 def test_used_pipelines_take_a_whole_batch_that_needs_the_guard(connection: redis.Redis) -> None:
@@ -392,11 +416,11 @@ def test_cluster_pipeline_behaves_as_in_rq_and_a_failure_writes_nothing(
     cluster: Cluster,
     transaction: bool,
     operation: str,
-    request: pytest.FixtureRequest,
 ) -> None:
     """A ClusterPipeline is not a redis-py Pipeline: the guard steps aside and RQ's own outcome
     comes out: an error (no explicit_transaction / multi() or WATCH refused / cross-slot
-    transaction) or, for what needs no MULTI, the writes on the cluster."""
+    transaction) or, for what needs no MULTI, the writes on the cluster. Except enqueue_at where
+    D8 is patched: a TypeError before anything is written."""
     databases: Databases = {"redis": lambda: snapshot(connection), "cluster": cluster.snapshot}
     if transaction:
         try:
@@ -414,19 +438,17 @@ def test_cluster_pipeline_behaves_as_in_rq_and_a_failure_writes_nothing(
         cluster.flush()
 
     ours, upstream = with_and_without_guard(run, flush)
+    if operation == "enqueue_at" and detected("D8"):
+        # RQ < 3 writes the scheduled entry with the queue's connection (D8), which the guard can
+        # move into a redis-py Pipeline only: any other pipeline is refused before anything is
+        # written, where RQ puts the entry on the queue's server and the job on the cluster (or
+        # nowhere, when the ClusterPipeline then fails).
+        assert upstream.after["redis"] != upstream.before["redis"]
+        assert ours.error == "TypeError" and ours.after == ours.before
+        return
     assert ours == upstream
     if ours.error is None:  # a non-transactional ClusterPipeline takes what needs no MULTI, as in RQ
         return
-    if operation == "enqueue_at" and detected("D8"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="D8 (RQ < 3): schedule_job writes the scheduled entry with the queue's "
-                "connection, then the ClusterPipeline fails: an entry for a job that does not exist. "
-                "The D8 guard steps aside for non-redis-py pipelines. Proposed: refuse such a "
-                "pipeline= with a TypeError before anything is written.",
-            )
-        )
     assert ours.after == ours.before
 
 

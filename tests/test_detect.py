@@ -71,6 +71,23 @@ def like_rq_registry_schedule(self: Any, job: Any, scheduled_datetime: Any, pipe
     return self.connection.zadd(self.key, {job.id: 0})  # RQ < 3.0 ignores the pipeline here
 
 
+def like_rq_group_enqueue_many(self: Any, queue: Any, job_datas: Any, pipeline: Any = None) -> Any:
+    pipe = pipeline if pipeline else self.connection.pipeline()
+    pipe.sadd(self.key, "job")
+    pipe.execute()  # Group._add_jobs, RQ 2.0 ... 3.0
+    return []
+
+
+def group_enqueue_many_leaving_execute_to_caller(
+    self: Any, queue: Any, job_datas: Any, pipeline: Any = None
+) -> Any:
+    pipe = pipeline if pipeline else self.connection.pipeline()
+    pipe.sadd(self.key, "job")
+    if pipeline is None:
+        pipe.execute()
+    return []
+
+
 def buffering_enqueue_many(self: Any, job_datas: Any, pipeline: Any = None) -> Any:
     if pipeline.watching:
         pipeline.multi()
@@ -84,6 +101,8 @@ METHODS = {
     "enqueue_many": "Queue.enqueue_many",
     "schedule_job": "Queue.schedule_job",
     "schedule": "ScheduledJobRegistry.schedule",
+    "group_enqueue_many": "Group.enqueue_many",
+    "save_unique_job": "rq.queue.save_unique_job",
 }
 
 
@@ -95,19 +114,25 @@ def probed(rq_version: str = INSTALLED_RQ, **methods: Any) -> dict[str, detect.F
 
 def installed_originals() -> dict[str, Any]:
     """RQ's own methods as installed (None where this release has none), without our wrappers."""
+    import rq.queue
     from rq.registry import ScheduledJobRegistry
 
     try:
         from rq.dependency import Dependency
     except ImportError:  # RQ < 1.15
         Dependency = None
+    try:
+        from rq.group import Group
+    except ImportError:  # RQ < 2.0
+        Group = None
     owners = {"Queue": Queue, "Dependency": Dependency, "ScheduledJobRegistry": ScheduledJobRegistry}
+    owners.update({"Group": Group, "rq": rq.queue})
     originals = {}
     for name, label in METHODS.items():
-        owner = owners[label.split(".")[0]]
-        if owner is None:
+        owner, attribute_name = owners[label.split(".")[0]], label.rpartition(".")[2]
+        if owner is None or attribute_name not in vars(owner):
             continue
-        attribute = owner.__dict__[name]  # unwrapped where the guard found nothing to fix
+        attribute = vars(owner)[attribute_name]  # unwrapped where the guard found nothing to fix
         originals[name] = getattr(attribute, "__wrapped__", attribute).__get__(None, owner)
     return originals
 
@@ -154,8 +179,12 @@ def test_probes_see_every_defect_in_rq_1_9_code() -> None:
         "D6": True,
         "D7": True,
         "D8": True,
+        "D9": False,
+        "D10": False,
     }
     assert "as the version table expects" in findings["D1"].reason
+    assert findings["D9"].reason == "rq 1.9.0 has no Group.enqueue_many"
+    assert findings["D10"].reason == "rq 1.9.0 has no rq.queue.save_unique_job"
 
 
 def test_probes_see_upstream_fix_of_d1_in_rq_2_3_code() -> None:
@@ -173,7 +202,19 @@ def test_probes_see_upstream_fix_of_d1_in_rq_2_3_code() -> None:
         "D6": False,
         "D7": False,
         "D8": False,
+        "D9": False,
+        "D10": False,
     }
+
+
+def test_probe_sees_group_enqueue_many_running_the_callers_execute() -> None:
+    pytest.importorskip("rq.group", reason="rq.group arrived in RQ 2.0")
+    findings = probed(setup_dependencies=like_rq_2_3, group_enqueue_many=like_rq_group_enqueue_many)
+    assert findings["D9"].probe is True
+    fixed = probed(
+        setup_dependencies=like_rq_2_3, group_enqueue_many=group_enqueue_many_leaving_execute_to_caller
+    )
+    assert fixed["D9"].probe is False
 
 
 def test_probe_sees_an_enqueue_many_that_buffers_in_a_watching_pipeline() -> None:
@@ -224,6 +265,8 @@ def test_probes_of_the_installed_rq_match_the_version_table() -> None:
     assert all(findings[d].probe is True for d in ("D2", "D3", "D6", "D7"))
     assert findings["D4"].probe is findings["D5"].probe is (Version(INSTALLED_RQ) >= Version("1.15"))
     assert findings["D8"].probe == (Version(INSTALLED_RQ) < Version("3.0.0"))
+    assert findings["D9"].probe == (Version(INSTALLED_RQ) >= Version("2.0.0"))
+    assert findings["D10"].probe == (Version(INSTALLED_RQ) >= Version("2.8.0"))
     for finding in findings.values():
         if finding.table is not TableVerdict.UNKNOWN:
             assert finding.present == (finding.table is TableVerdict.AFFECTED), finding

@@ -65,11 +65,15 @@ def rq_as_installed() -> Iterator[rq_pipeline_fix.Status]:
     rq_pipeline_fix.apply()
 
 
-def owner_of(target: Any) -> type | None:
+def owner_of(target: Any) -> Any:
+    """The class (or module) of an RQ target; None for django-rq's and a module nobody imported."""
+    if not target.module.startswith("rq.") or (target.late and target.module not in sys.modules):
+        return None
     try:
-        return getattr(importlib.import_module(target.module), target.owner, None)  # type: ignore[no-any-return]
+        module = importlib.import_module(target.module)
     except ImportError:  # rq.dependency: RQ < 1.15
         return None
+    return getattr(module, target.owner, None) if target.owner else module
 
 
 def probe_again(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,96 @@
+"""Unique jobs (``unique=True``, RQ 2.8 on) inside a caller's transaction (D10).
+
+RQ checks that a unique job does not exist yet and writes it in one Lua script
+(``rq.scripts.save_unique_job`` / ``schedule_unique_job``), run at once on the queue's own
+connection whatever ``pipeline=`` says: the job lands before the caller's EXEC and stays if the
+batch aborts. Here the check follows the dependency contract instead: the job's key is WATCHed on
+the connection that will run the caller's EXEC and its existence read in the same round trip. A
+job that exists (in Redis, or written earlier in this transaction) raises RQ's
+``DuplicateJobError`` at the call and leaves the caller's pipeline as it was; otherwise RQ's own
+script is buffered in the caller's transaction, where it writes exactly what it writes without a
+pipeline. A job someone else creates before EXEC aborts the batch with WatchError, and
+``Redis.transaction(fn)``'s retry then raises DuplicateJobError.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import FrameType
+from typing import Any, Callable
+
+from .pipelines import note_written, start_transaction, statuses_written, unwatch, watched_exists
+
+QUEUE_MODULE = "rq.queue"
+_FRAMES_TO_SEARCH = 8  # our wrapper, wrapt's (in its pure-Python mode), then RQ's caller
+
+
+def callers_pipeline() -> Any:
+    """The ``pipeline`` argument of the RQ method that called the script helper.
+
+    RQ drops the pipeline before calling ``save_unique_job(self.connection, ...)``, so the only
+    place that still knows it is the calling method's frame (``Queue._enqueue_async_job``,
+    ``_enqueue_sync_job``, ``schedule_job``; ``callers_without_pipeline`` checks at install that
+    every caller takes ``pipeline``). Reading it there costs nothing to enqueues without
+    ``unique=``; wrapping those methods instead would put a wrapper on every enqueue.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(_FRAMES_TO_SEARCH):
+        if frame is None:
+            return None
+        if frame.f_globals.get("__name__") == QUEUE_MODULE:
+            return frame.f_locals.get("pipeline")
+        frame = frame.f_back
+    return None
+
+
+def callers_without_pipeline(module: Any, helper: str) -> str | None:
+    """Why ``callers_pipeline`` cannot find the pipeline for ``helper`` in this RQ, or None."""
+    queue_class = getattr(module, "Queue", None)
+    callers = [
+        function
+        for function in vars(queue_class or object).values()
+        if callable(function) and helper in getattr(getattr(function, "__code__", None), "co_names", ())
+    ]
+    if not callers:
+        return f"no method of {QUEUE_MODULE}.Queue calls {helper}"
+    for function in callers:
+        code = function.__code__
+        if "pipeline" not in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]:
+            return f"{QUEUE_MODULE}.Queue.{function.__name__} calls {helper} without a pipeline parameter"
+    return None
+
+
+def unique_in_transaction(
+    helper: Callable[..., Any], job: Any, pipe: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run RQ's script helper ``helper(connection, ...)`` for ``job`` inside the caller's
+    transaction ``pipe``, after the existence check described above."""
+    key = job.key
+    was_watching = pipe.watching
+    if key in statuses_written(pipe) or watched_exists(pipe, [key])[key]:
+        if pipe.watching and not was_watching:  # the only WATCH was ours: leave the pipeline as it was
+            unwatch(pipe)
+        from rq.exceptions import DuplicateJobError
+
+        raise DuplicateJobError(f"Job with ID '{job.id}' already exists")
+    start_transaction(pipe)
+    if args:
+        args = (pipe, *args[1:])
+    else:
+        kwargs = {**kwargs, "connection": pipe}
+    try:
+        return helper(*args, **kwargs)  # the script is buffered: redis-py loads it before EXEC
+    finally:
+        forget_scripts_registered_on(pipe)
+        status = job.get_status(refresh=False)  # QUEUED or SCHEDULED, set by RQ before the script
+        note_written(pipe, key, getattr(status, "value", status))
+
+
+def forget_scripts_registered_on(client: Any) -> None:
+    """Drop what ``rq.scripts`` cached for ``client``: RQ keeps the script it registers on each
+    connection in module-level dicts that never shrink, which for a pipeline (one per batch)
+    would keep every pipeline alive. Every such dict is searched, not two names of one release."""
+    scripts = sys.modules.get("rq.scripts")
+    for value in vars(scripts).values() if scripts is not None else ():
+        if type(value) is dict:
+            value.pop(client, None)
