@@ -60,6 +60,8 @@ DEFECTS: tuple[Defect, ...] = (
     Defect("D9", "Group.enqueue_many runs the caller's execute()", _SINCE_2_0, "Group.enqueue_many"),
     Defect("D10", "unique=True writes the job at once through the queue's own connection", _SINCE_2_8,
            _SAVE_UNIQUE),
+    Defect("D11", "is_async=False: the caller's execute() writes the job that ran back as queued", _SINCE_1_9,
+           "Queue.run_job"),
 )
 # fmt: on
 DEFECTS_BY_ID = {defect.id: defect for defect in DEFECTS}
@@ -348,6 +350,19 @@ def _probe_d10(kit: _ProbeKit) -> bool:
     )
 
 
+def _probe_d11(kit: _ProbeKit) -> bool:
+    """A queue with is_async=False given a caller's pipeline (a stand-in): does RQ run the job
+    through the queue's own connection before the caller executes the pipeline?"""
+    from rq.queue import Queue
+
+    queue = _known_server(Queue("rq-pipeline-fix-probe", connection=kit.connection, is_async=False))
+    try:
+        queue.enqueue_job(kit.job(), pipeline=_RecordingPipeline())
+    except ProbeTouchedRedis:  # the run wrote through the queue's connection
+        return True
+    return False
+
+
 PROBES: dict[str, Callable[[_ProbeKit], bool]] = {
     "D1": _probe_d1,
     "D2": _probe_d2,
@@ -359,6 +374,7 @@ PROBES: dict[str, Callable[[_ProbeKit], bool]] = {
     "D8": _probe_d8,
     "D9": _probe_d9,
     "D10": _probe_d10,
+    "D11": _probe_d11,
 }
 
 

@@ -18,14 +18,17 @@ executed (see ``djangorq``): each has one fix for every pipeline state.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import sys
+from types import FrameType
 from typing import Any, Callable, NamedTuple
 
 from redis.client import Pipeline  # fakeredis pipelines subclass it; ClusterPipeline does not
 
 from . import deps, djangorq
 from .pipelines import PipelineState, pipeline_state, start_transaction
-from .unique import callers_pipeline, callers_without_pipeline, unique_in_transaction
+from .unique import unique_in_transaction
 
 Action = Callable[..., Any]
 
@@ -263,6 +266,56 @@ class GroupInTransaction(_Wrapper):
         return _function_of(wrapped)(group, *args, **kwargs)
 
 
+QUEUE_MODULE = "rq.queue"
+_FRAMES_TO_SEARCH = 12  # ours, wrapt's (in its pure-Python mode), then RQ's: enqueue_at > ... > run_sync
+
+
+def callers_pipeline() -> tuple[str, Any]:
+    """The caller's ``pipeline=`` for a function RQ calls without passing it on, and the name of
+    the rq.queue function that called that one.
+
+    For the unique= script helpers (D10) and the sync run (D11) the only place that still knows
+    the pipeline is RQ's calling frames: the ``pipeline`` of the outermost of the rq.queue frames
+    above us is what the caller gave the public method (an inner one may be RQ's own, as
+    ``enqueue_many(pipeline=None)`` passes its own down). ``callers_without_pipeline`` checks at
+    install that the direct callers take ``pipeline``. Reading frames costs nothing to other
+    enqueues; wrapping the callers instead would put a wrapper on every enqueue.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    caller, pipe = "", None
+    for _ in range(_FRAMES_TO_SEARCH):
+        if frame is None:
+            break
+        if frame.f_globals.get("__name__") == QUEUE_MODULE:
+            caller = caller or frame.f_code.co_name
+            local = frame.f_locals
+            if "pipeline" in local:
+                pipe = local["pipeline"]
+        elif caller:  # past the rq.queue frames
+            break
+        frame = frame.f_back
+    return caller, pipe
+
+
+def callers_without_pipeline(name: str, but: tuple[str, ...] = ()) -> str | None:
+    """Why ``callers_pipeline`` cannot find the caller's pipeline for ``name`` in this RQ: no
+    method of Queue calls it, or one (other than those in ``but``, which are wrapped themselves)
+    has no ``pipeline`` parameter. None: it can."""
+    queue_class = getattr(sys.modules.get(QUEUE_MODULE), "Queue", None)
+    callers = [
+        function
+        for function in vars(queue_class or object).values()
+        if name in getattr(getattr(function, "__code__", None), "co_names", ())
+    ]
+    if not callers:
+        return f"no method of {QUEUE_MODULE}.Queue calls {name}"
+    for function in callers:
+        code = function.__code__
+        if function.__name__ not in but and "pipeline" not in code.co_varnames[: code.co_argcount]:
+            return f"{QUEUE_MODULE}.Queue.{function.__name__} calls {name} without a pipeline parameter"
+    return None
+
+
 class UniqueInTransaction(_Wrapper):
     """rq.queue's ``save_unique_job`` / ``schedule_unique_job``, the Lua helpers behind
     ``unique=True`` (D10), which RQ calls with the queue's connection whatever ``pipeline=`` the
@@ -274,11 +327,49 @@ class UniqueInTransaction(_Wrapper):
         self.job_at = target.parameters.index("job")  # module-level functions: no self to skip
 
     def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        pipe = callers_pipeline() if self.enabled and "D10" in self.patched else None
-        if not isinstance(pipe, Pipeline):
+        caller, pipe = callers_pipeline() if self.enabled and "D10" in self.patched else ("", None)
+        # is_async=False runs the job at the call: it cannot wait for the caller's EXEC (D11).
+        if caller == "_enqueue_sync_job" or not isinstance(pipe, Pipeline):
             return wrapped(*args, **kwargs)
         job = args[self.job_at] if len(args) > self.job_at else kwargs["job"]
         return unique_in_transaction(wrapped, job, pipe, args, kwargs)
+
+
+class SyncOutcomeLast(_Wrapper):
+    """``Queue.run_sync(job)`` (RQ 1.13 on) and ``Queue.run_job(job)`` when RQ calls it without
+    run_sync (1.9 ... 1.12): a queue with ``is_async=False`` runs the job at the call, writing
+    its outcome through the queue's connection, while the job's QUEUED state RQ wrote just before
+    waits in the caller's pipeline, whose ``execute()`` then writes it over the outcome (D11).
+    The job cannot join the transaction (it has run); the fix makes the outcome last: after the
+    run, the job hash as the run left it (and its TTL) is read in one round trip and buffered
+    into the caller's transaction after RQ's stale writes."""
+
+    def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        caller, pipe = callers_pipeline() if self.enabled and "D11" in self.patched else ("", None)
+        if caller == "run_sync" or not isinstance(pipe, Pipeline):  # run_sync's own wrapper does it
+            return wrapped(*args, **kwargs)
+        job = args[0] if args else kwargs[self.subject_name]
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException:  # RQ < 1.13 lets the job's exception out: the outcome still goes last
+            with contextlib.suppress(Exception):
+                _buffer_as_it_is(instance.connection, job.key, pipe)
+            raise
+        _buffer_as_it_is(instance.connection, job.key, pipe)
+        return result
+
+
+def _buffer_as_it_is(connection: Any, key: Any, pipe: Any) -> None:
+    """Buffer into ``pipe`` what rewrites hash ``key`` as it is in Redis now, TTL included."""
+    with connection.pipeline(transaction=False) as read:
+        read.hgetall(key)
+        read.pttl(key)
+        fields, ttl = read.execute()
+    if fields:
+        pipe.delete(key)
+        pipe.hset(key, mapping=fields)
+        if ttl > 0:
+            pipe.pexpire(key, ttl)
 
 
 class PipelineAtTheCall(_Wrapper):
@@ -400,13 +491,31 @@ def _unique_script_helper(name: str, parameters: tuple[str, ...]) -> Target:
         ("D10",),
         more_parameters_ok=True,
         wrapper=UniqueInTransaction,
-        check=lambda module: callers_without_pipeline(module, name),
+        check=lambda module: callers_without_pipeline(name),
     )
 
 
 SAVE_UNIQUE_JOB = _unique_script_helper("save_unique_job", ("connection", "queue_key", "job"))
 SCHEDULE_UNIQUE_JOB = _unique_script_helper(
     "schedule_unique_job", ("connection", "queue_key", "registry_key", "job")
+)
+RUN_SYNC = Target(
+    "rq.queue",  # RQ 1.13 on
+    "Queue",
+    "run_sync",
+    ("self", "job"),
+    ("D11",),
+    wrapper=SyncOutcomeLast,
+    check=lambda queue: callers_without_pipeline("run_sync"),
+)
+RUN_JOB = Target(
+    "rq.queue",
+    "Queue",
+    "run_job",
+    ("self", "job"),
+    ("D11",),
+    wrapper=SyncOutcomeLast,  # steps aside under run_sync
+    check=lambda queue: callers_without_pipeline("run_job", but=("run_sync",)),
 )
 DJANGO_RQ_ENQUEUE_CALL = Target(
     "django_rq.queues",
@@ -427,5 +536,7 @@ TARGETS = (
     GROUP_ENQUEUE_MANY,
     SAVE_UNIQUE_JOB,
     SCHEDULE_UNIQUE_JOB,
+    RUN_SYNC,
+    RUN_JOB,
     DJANGO_RQ_ENQUEUE_CALL,
 )

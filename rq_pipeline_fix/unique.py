@@ -9,55 +9,16 @@ job that exists (in Redis, or written earlier in this transaction) raises RQ's
 ``DuplicateJobError`` at the call and leaves the caller's pipeline as it was; otherwise RQ's own
 script is buffered in the caller's transaction, where it writes exactly what it writes without a
 pipeline. A job someone else creates before EXEC aborts the batch with WatchError, and
-``Redis.transaction(fn)``'s retry then raises DuplicateJobError.
+``Redis.transaction(fn)``'s retry then raises DuplicateJobError. (How the helpers are wrapped,
+and how the caller's pipeline is found: ``guard.UniqueInTransaction``.)
 """
 
 from __future__ import annotations
 
 import sys
-from types import FrameType
 from typing import Any, Callable
 
 from .pipelines import note_written, start_transaction, statuses_written, unwatch, watched_exists
-
-QUEUE_MODULE = "rq.queue"
-_FRAMES_TO_SEARCH = 8  # our wrapper, wrapt's (in its pure-Python mode), then RQ's caller
-
-
-def callers_pipeline() -> Any:
-    """The ``pipeline`` argument of the RQ method that called the script helper.
-
-    RQ drops the pipeline before calling ``save_unique_job(self.connection, ...)``, so the only
-    place that still knows it is the calling method's frame (``Queue._enqueue_async_job``,
-    ``_enqueue_sync_job``, ``schedule_job``; ``callers_without_pipeline`` checks at install that
-    every caller takes ``pipeline``). Reading it there costs nothing to enqueues without
-    ``unique=``; wrapping those methods instead would put a wrapper on every enqueue.
-    """
-    frame: FrameType | None = sys._getframe(1)
-    for _ in range(_FRAMES_TO_SEARCH):
-        if frame is None:
-            return None
-        if frame.f_globals.get("__name__") == QUEUE_MODULE:
-            return frame.f_locals.get("pipeline")
-        frame = frame.f_back
-    return None
-
-
-def callers_without_pipeline(module: Any, helper: str) -> str | None:
-    """Why ``callers_pipeline`` cannot find the pipeline for ``helper`` in this RQ, or None."""
-    queue_class = getattr(module, "Queue", None)
-    callers = [
-        function
-        for function in vars(queue_class or object).values()
-        if callable(function) and helper in getattr(getattr(function, "__code__", None), "co_names", ())
-    ]
-    if not callers:
-        return f"no method of {QUEUE_MODULE}.Queue calls {helper}"
-    for function in callers:
-        code = function.__code__
-        if "pipeline" not in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]:
-            return f"{QUEUE_MODULE}.Queue.{function.__name__} calls {helper} without a pipeline parameter"
-    return None
 
 
 def unique_in_transaction(

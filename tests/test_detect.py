@@ -103,6 +103,7 @@ METHODS = {
     "schedule": "ScheduledJobRegistry.schedule",
     "group_enqueue_many": "Group.enqueue_many",
     "save_unique_job": "rq.queue.save_unique_job",
+    "run_job": "Queue.run_job",
 }
 
 
@@ -181,6 +182,7 @@ def test_probes_see_every_defect_in_rq_1_9_code() -> None:
         "D8": True,
         "D9": False,
         "D10": False,
+        "D11": False,
     }
     assert "as the version table expects" in findings["D1"].reason
     assert findings["D9"].reason == "rq 1.9.0 has no Group.enqueue_many"
@@ -204,6 +206,7 @@ def test_probes_see_upstream_fix_of_d1_in_rq_2_3_code() -> None:
         "D8": False,
         "D9": False,
         "D10": False,
+        "D11": False,
     }
 
 
@@ -267,6 +270,7 @@ def test_probes_of_the_installed_rq_match_the_version_table() -> None:
     assert findings["D8"].probe == (Version(INSTALLED_RQ) < Version("3.0.0"))
     assert findings["D9"].probe == (Version(INSTALLED_RQ) >= Version("2.0.0"))
     assert findings["D10"].probe == (Version(INSTALLED_RQ) >= Version("2.8.0"))
+    assert findings["D11"].probe is True
     for finding in findings.values():
         if finding.table is not TableVerdict.UNKNOWN:
             assert finding.present == (finding.table is TableVerdict.AFFECTED), finding
