@@ -431,7 +431,7 @@ def test_revert_under_tracers_on_every_target_keeps_them_working_and_says_so(
         assert label in report.note and "keep working" in report.note
         assert guard_layers()[label] == []  # ours taken out from beneath theirs
         owner, attribute = originals[label]
-        assert owner.__dict__[label.split(".")[1]].__wrapped__ is attribute
+        assert owner.__dict__[label.rpartition(".")[2]].__wrapped__ is attribute
     q = Queue("default", connection=connection)
     parent = q.enqueue(record, "parent")  # no shared pipeline: RQ's own behaviour, through their wrapper
     if "depends_on" in inspect.signature(Queue.prepare_data).parameters:
