@@ -341,8 +341,8 @@ class SyncOutcomeLast(_Wrapper):
     its outcome through the queue's connection, while the job's QUEUED state RQ wrote just before
     waits in the caller's pipeline, whose ``execute()`` then writes it over the outcome (D11).
     The job cannot join the transaction (it has run); the fix makes the outcome last: after the
-    run, the job hash as the run left it (and its TTL) is read in one round trip and buffered
-    into the caller's transaction after RQ's stale writes."""
+    run, the job hash as the run left it (and its TTL) is read in one round trip and put back by
+    the caller's transaction after RQ's stale writes."""
 
     def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         caller, pipe = callers_pipeline() if self.enabled and "D11" in self.patched else ("", None)
@@ -360,16 +360,14 @@ class SyncOutcomeLast(_Wrapper):
 
 
 def _buffer_as_it_is(connection: Any, key: Any, pipe: Any) -> None:
-    """Buffer into ``pipe`` what rewrites hash ``key`` as it is in Redis now, TTL included."""
+    """Buffer into ``pipe`` what puts ``key`` back as it is in Redis now, TTL included: DUMP and
+    RESTORE, byte for byte whatever the client's decoding (job hashes hold binary fields)."""
     with connection.pipeline(transaction=False) as read:
-        read.hgetall(key)
+        read.dump(key)
         read.pttl(key)
-        fields, ttl = read.execute()
-    if fields:
-        pipe.delete(key)
-        pipe.hset(key, mapping=fields)
-        if ttl > 0:
-            pipe.pexpire(key, ttl)
+        value, ttl = read.execute()
+    if value is not None:
+        pipe.restore(key, max(ttl, 0), value, replace=True)
 
 
 class PipelineAtTheCall(_Wrapper):

@@ -129,3 +129,14 @@ def test_without_guard_the_callers_execute_writes_the_job_back_as_queued_where_d
         pipe.execute()
     assert connection.lrange("executed", 0, -1) == [b"s"]
     assert Job.fetch("s", connection=connection).get_status() == JobStatus.QUEUED
+
+
+def test_outcome_is_kept_byte_for_byte_on_a_decoding_client(connection: redis.Redis, redis_url: str) -> None:
+    """The job hash holds binary fields (the pickled call): putting it back must not decode it."""
+    decoding = redis.Redis.from_url(redis_url, decode_responses=True)
+    with decoding.pipeline() as pipe:
+        sync_queue(decoding).enqueue_call(record, args=("s",), job_id="s", pipeline=pipe)
+        pipe.execute()
+    decoding.close()
+    job = Job.fetch("s", connection=connection)  # RQ itself reads jobs with a non-decoding client
+    assert job.get_status() == JobStatus.FINISHED and job.args == ("s",)
