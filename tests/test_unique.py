@@ -22,6 +22,7 @@ import rq_pipeline_fix
 from tests.conftest import detected, job_keys
 from tests.jobs import record
 from tests.snapshot import snapshot
+from tests.test_faults import client_of, proxy, server  # noqa: F401  (fixtures)
 
 if "unique" not in inspect.signature(Queue.enqueue_job).parameters:
     pytest.skip("unique= arrived in RQ 2.8", allow_module_level=True)
@@ -240,6 +241,24 @@ def test_without_pipeline_unique_is_rqs_own(connection: redis.Redis, how: str) -
     assert landed(connection, how) == ["u"]
     with pytest.raises(DuplicateJobError):
         ENQUEUES[how](default, None)
+
+
+@pytest.mark.reliability
+def test_connection_lost_after_the_unique_check_aborts_the_batch(server: Any, proxy: Any) -> None:  # noqa: F811
+    """The key was WATCHed on the pipeline's connection; the connection drops; someone creates
+    the job meanwhile. EXEC on a new connection would not be watching and the batch would land
+    beside their job: redis-py must refuse with WatchError, and nothing of the batch is written."""
+    client = client_of(proxy.port)
+    default = Queue("default", connection=client)
+    pipe = client.pipeline()
+    pipe.set("mine", 1)
+    ENQUEUES["enqueue"](default, pipe)
+    proxy.drop_connections()
+    Queue("default", connection=server.direct()).enqueue_call(record, args=("theirs",), job_id="u")
+    with pytest.raises(redis.WatchError):
+        pipe.execute()
+    direct = server.direct()
+    assert direct.get("mine") is None and Job.fetch("u", connection=direct).args == ("theirs",)
 
 
 @pytest.mark.usefixtures("unpatched")
