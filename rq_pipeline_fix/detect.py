@@ -8,6 +8,7 @@ saw this very RQ), and the disagreement is recorded in the reason.
 
 from __future__ import annotations
 
+import copy
 import enum
 import inspect
 from collections.abc import Collection, Mapping, Sequence
@@ -33,6 +34,9 @@ class Defect(NamedTuple):  # NamedTuples, not dataclasses: those cost a millisec
     title: str
     affected: str  # specifier of the RQ releases where the defect was measured
     method: str = "Queue.setup_dependencies"  # the RQ method that has it, and that we wrap
+    # Probed at the first call that needs it (or for a report), not at rq's import: on a path
+    # most programs never take, whose guard costs nothing to the others.
+    lazy: bool = False
 
 
 # Every release up to this one was measured; later ones are judged by the probes alone.
@@ -57,11 +61,14 @@ DEFECTS: tuple[Defect, ...] = (
            "Queue.schedule_job"),
     Defect("D8", "enqueue_at/enqueue_in put the scheduled entry outside the caller's pipeline",
            ">=1.9.0,<3.0.0", "ScheduledJobRegistry.schedule"),
-    Defect("D9", "Group.enqueue_many runs the caller's execute()", _SINCE_2_0, "Group.enqueue_many"),
+    Defect("D9", "Group.enqueue_many runs the caller's execute()", _SINCE_2_0, "Group.enqueue_many",
+           lazy=True),
     Defect("D10", "unique=True writes the job at once through the queue's own connection", _SINCE_2_8,
-           _SAVE_UNIQUE),
+           _SAVE_UNIQUE, lazy=True),
     Defect("D11", "is_async=False: the caller's execute() writes the job that ran back as queued", _SINCE_1_9,
-           "Queue.run_job"),
+           "Queue.run_job", lazy=True),
+    Defect("D12", "enqueue_job writes at once through a WATCHing pipeline", ">=1.9.0,<1.14.0",
+           "Queue.enqueue_job"),
 )
 # fmt: on
 DEFECTS_BY_ID = {defect.id: defect for defect in DEFECTS}
@@ -124,11 +131,18 @@ def _offline_redis(error: type[ProbeTouchedRedis] = ProbeTouchedRedis) -> Any:
     version in the package metadata)."""
     import redis
 
-    class OfflinePool(redis.ConnectionPool):
-        def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-            raise error("the probed code sent a command to Redis")
+    pool_class = _offline_pools.get(error)
+    if pool_class is None:  # one class per error: creating a class costs more than the client
 
-    return redis.Redis(connection_pool=OfflinePool())
+        class OfflinePool(redis.ConnectionPool):
+            def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+                raise error("the probed code sent a command to Redis")
+
+        pool_class = _offline_pools[error] = OfflinePool
+    return redis.Redis(connection_pool=pool_class())
+
+
+_offline_pools: dict[type[ProbeTouchedRedis], Any] = {}
 
 
 def _runs_at_once(run: Callable[[], object]) -> bool:
@@ -185,11 +199,22 @@ class _RecordingPipeline:
         return lambda *args, **kwargs: None  # watch, multi, sadd, zadd, hset, ...
 
 
+class _CurrentServer(tuple):  # type: ignore[type-arg]
+    """Redis 7.0.0 as RQ compares server versions: a tuple (2.x, 3.x), and newer than any
+    ``distutils`` StrictVersion RQ 1.x compares it with before writing a job hash."""
+
+    def __ge__(self, other: Any) -> bool:
+        return tuple.__ge__(self, other) if isinstance(other, tuple) else True
+
+    def __lt__(self, other: Any) -> bool:
+        return tuple.__lt__(self, other) if isinstance(other, tuple) else False
+
+
 def _known_server(queue_or_job: Any) -> Any:
-    """Some releases (2.0, 2.1) ask the server's version before writing; answer for them as a
-    current server would, so that asking is not taken for a write."""
+    """Some releases (1.x, 2.0, 2.1) ask the server's version before writing; answer for them as
+    a current server would, so that asking is not taken for a write."""
     if hasattr(queue_or_job, "redis_server_version"):
-        queue_or_job.redis_server_version = (7, 0, 0)
+        queue_or_job.redis_server_version = _CurrentServer((7, 0, 0))
     return queue_or_job
 
 
@@ -350,14 +375,46 @@ def _probe_d10(kit: _ProbeKit) -> bool:
     )
 
 
+class _SwitchedToMulti(Exception):
+    """RQ called multi() on the caller's WATCHing pipeline before writing: its writes buffer."""
+
+
+def _probe_d12(kit: _ProbeKit) -> bool:
+    """enqueue_job given a WATCHing pipeline: a write at once, or multi() first? Stopping at
+    multi() spares the probe the rest of an enqueue (RQ >= 1.14 calls it first, at rq's import)."""
+    enqueue_job = kit.original("Queue.enqueue_job")
+    pipe = kit.watching_pipeline()
+    queue = copy.copy(kit.queue)
+    # RQ's own setup_dependencies for this queue alone: not a neighbour's wrapper, nor our guard.
+    queue.setup_dependencies = kit.setup_dependencies.__get__(queue)  # type: ignore[union-attr]
+
+    def switched(*args: Any, **kwargs: Any) -> None:
+        raise _SwitchedToMulti
+
+    pipe.multi = switched
+    try:
+        return _runs_at_once(lambda: enqueue_job(queue, kit.job(), pipeline=pipe))
+    except _SwitchedToMulti:
+        return False
+
+
 def _probe_d11(kit: _ProbeKit) -> bool:
     """A queue with is_async=False given a caller's pipeline (a stand-in): does RQ run the job
     through the queue's own connection before the caller executes the pipeline?"""
-    from rq.queue import Queue
 
-    queue = _known_server(Queue("rq-pipeline-fix-probe", connection=kit.connection, is_async=False))
+    def own_pipeline(*args: Any, **kwargs: Any) -> Any:  # the run's first write (RQ >= 1.13)
+        raise ProbeTouchedRedis("the sync run made a pipeline of its own")
+
+    connection = _offline_redis()
+    connection.pipeline = own_pipeline  # raising here, not in its try block: no traceback formatting
+    queue_class = type(kit.queue)  # RQ's own methods, as the kit was built
+    queue = _known_server(
+        queue_class(
+            "rq-pipeline-fix-probe", connection=connection, is_async=False, job_class=kit.queue.job_class
+        )
+    )
     try:
-        queue.enqueue_job(kit.job(), pipeline=_RecordingPipeline())
+        queue.enqueue_job(_known_server(queue.create_job("os.getpid")), pipeline=_RecordingPipeline())
     except ProbeTouchedRedis:  # the run wrote through the queue's connection
         return True
     return False
@@ -375,6 +432,7 @@ PROBES: dict[str, Callable[[_ProbeKit], bool]] = {
     "D9": _probe_d9,
     "D10": _probe_d10,
     "D11": _probe_d11,
+    "D12": _probe_d12,
 }
 
 
@@ -388,13 +446,37 @@ def check_shape(label: str, attribute: object, expected: Sequence[str], more_ok:
     function = attribute.__func__ if isinstance(attribute, classmethod) else attribute
     if not inspect.isfunction(function):
         return f"{label} is a {type(attribute).__name__}, not a plain function"
-    names = list(inspect.signature(function).parameters)
+    if hasattr(function, "__wrapped__"):  # a decorated function: its signature is the wrapped one's
+        names = list(inspect.signature(function).parameters)
+    else:
+        names = _parameter_names(function.__code__)
     if (names[: len(expected)] if more_ok else names) != list(expected):
         return f"{label} has parameters {names}, expected {list(expected)}"
     return None
 
 
+def _parameter_names(code: Any) -> list[str]:
+    """What ``inspect.signature(function).parameters`` lists, read off the code object: a tenth
+    of the cost, and these checks run at rq's import."""
+    positional = code.co_argcount  # positional-only ones included
+    count = positional + code.co_kwonlyargcount
+    names = list(code.co_varnames[:positional])
+    if code.co_flags & inspect.CO_VARARGS:
+        names.append(code.co_varnames[count])
+        count += 1
+    names += code.co_varnames[positional : positional + code.co_kwonlyargcount]
+    if code.co_flags & inspect.CO_VARKEYWORDS:
+        names.append(code.co_varnames[count])
+    return names
+
+
 NOT_IMPORTED_YET = "not probed yet"  # the start of a Finding's note while its module is awaited
+AT_FIRST_USE = "to be probed at the first call that needs it"  # a lazy defect's note until then
+
+
+def is_pending(finding: Finding) -> bool:
+    """A lazy defect not probed yet: its guard goes on, and asks at its first call."""
+    return finding.probe is None and finding.note.startswith(AT_FIRST_USE)
 
 
 def detect(
@@ -402,6 +484,7 @@ def detect(
     rq_version: str | None,
     only: Collection[str] | None = None,
     awaited: Mapping[str, str] | None = None,
+    now: bool = False,
 ) -> list[Finding]:
     """Probe every defect of ``DEFECTS`` (or those whose ids are in ``only``) in the installed
     RQ; never raises.
@@ -409,16 +492,19 @@ def detect(
     ``originals`` maps "Class.method" to RQ's original, bound as RQ calls it (a plain function
     for ``Queue.setup_dependencies``), or to None where the installed RQ lacks the method.
     ``awaited`` maps the label of a method whose module is not imported yet (rq imports it later
-    in its own ``import rq``) to that module: its defect is probed once it is.
+    in its own ``import rq``) to that module: its defect is probed once it is. A lazy defect is
+    probed only ``now``.
     """
     awaited = awaited or {}
     defects = [defect for defect in DEFECTS if only is None or defect.id in only]
-    findings = _probe_all(defects, originals, rq_version, awaited, rq_own=False)
-    if any(finding.probe is None and not finding.note.startswith(NOT_IMPORTED_YET) for finding in findings):
+    if now:  # a lazy defect at the first use of its path: on RQ's own methods from the start
+        return _probe_all(defects, originals, rq_version, awaited, now, rq_own=True)
+    findings = _probe_all(defects, originals, rq_version, awaited, now, rq_own=False)
+    if any(f.probe is None and not f.note.startswith((NOT_IMPORTED_YET, AT_FIRST_USE)) for f in findings):
         # Another library's wrapper on a method the probes use (Queue.create_job, Job.save, ...)
         # may have touched Redis: probe again on RQ's own methods beneath such wrappers. Only
         # then: walking Queue's and Job's ~200 attributes costs more than every probe together.
-        findings = _probe_all(defects, originals, rq_version, awaited, rq_own=True)
+        findings = _probe_all(defects, originals, rq_version, awaited, now, rq_own=True)
     return findings
 
 
@@ -427,25 +513,41 @@ def _probe_all(
     originals: Mapping[str, Callable[..., Any] | None],
     rq_version: str | None,
     awaited: Mapping[str, str],
+    now: bool,
     rq_own: bool,
 ) -> list[Finding]:
-    try:
-        kit: _ProbeKit | None = _ProbeKit(originals, rq_own)
-        kit_error = ""
-    except Exception as exc:
-        kit, kit_error = None, f"the probe could not set up: {exc!r}"
-    return [_finding(defect, kit, kit_error, rq_version, awaited.get(defect.method)) for defect in defects]
+    kit: _ProbeKit | None = None
+    kit_error = ""
+    if any(not (defect.lazy and not now) and defect.method not in awaited for defect in defects):
+        try:  # only when something is probed now: a kit costs a few hundred thousand instructions
+            kit = _ProbeKit(originals, rq_own)
+        except Exception as exc:
+            kit_error = f"the probe could not set up: {exc!r}"
+    return [
+        _finding(
+            defect, kit, kit_error, originals, rq_version, awaited.get(defect.method), defect.lazy and not now
+        )
+        for defect in defects
+    ]
 
 
 def _finding(
-    defect: Defect, kit: _ProbeKit | None, kit_error: str, rq_version: str | None, awaited: str | None
+    defect: Defect,
+    kit: _ProbeKit | None,
+    kit_error: str,
+    originals: Mapping[str, Callable[..., Any] | None],
+    rq_version: str | None,
+    awaited: str | None,
+    later: bool = False,
 ) -> Finding:
     if awaited is not None:
         return Finding(defect, None, rq_version, f"{NOT_IMPORTED_YET}: {awaited} has not been imported")
+    if originals.get(defect.method) is None:
+        return Finding(defect, False, rq_version, f"rq {rq_version} has no {defect.method}")
+    if later:
+        return Finding(defect, None, rq_version, f"{AT_FIRST_USE} ({defect.method})")
     if kit is None:
         return Finding(defect, None, rq_version, kit_error)
-    if kit.originals.get(defect.method) is None:
-        return Finding(defect, False, rq_version, f"rq {rq_version} has no {defect.method}")
     try:
         return Finding(defect, PROBES[defect.id](kit), rq_version)
     except Exception as exc:

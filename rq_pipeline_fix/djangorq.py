@@ -36,13 +36,6 @@ class DjangoRQCommitWarning(RQPipelineFixWarning):
 _said: set[str] = set()
 
 
-def why_not_wrappable(django_rq_class: Any) -> str | None:
-    """What ``PipelineAtTheCall`` needs from django-rq: the undeferred enqueue it calls."""
-    if callable(getattr(django_rq_class, "original_enqueue_call", None)):
-        return None
-    return "DjangoRQ has no original_enqueue_call"
-
-
 def deferring_mode(queue: Any) -> str | None:
     """The commit mode in which django-rq would defer this call now, or None when it enqueues at
     once. django-rq 4.x keeps it in ``_commit_mode``, earlier releases in ``_autocommit``."""

@@ -26,9 +26,8 @@ from typing import Any, Callable, NamedTuple
 
 from redis.client import Pipeline  # fakeredis pipelines subclass it; ClusterPipeline does not
 
-from . import deps, djangorq
+from . import deps
 from .pipelines import PipelineState, pipeline_state, start_transaction
-from .unique import unique_in_transaction
 
 Action = Callable[..., Any]
 
@@ -94,9 +93,10 @@ def _buffer_writes(queue: Any, subject: Any, pipe: Any) -> None:
 
 
 def buffered_writes(defect: str) -> dict[PipelineState, Decision]:
-    """Queue.enqueue_many(job_datas, pipeline) (D6) and Queue.schedule_job(job, datetime, pipeline),
-    behind enqueue_at/enqueue_in (D7), write through the pipeline themselves, without the MULTI
-    that setup_dependencies gives enqueue: while the caller WATCHes, each write would run at once."""
+    """Queue.enqueue_many(job_datas, pipeline) (D6), Queue.schedule_job(job, datetime, pipeline),
+    behind enqueue_at/enqueue_in (D7), and before RQ 1.14 Queue.enqueue_job (D12) write through
+    the pipeline themselves, without the MULTI that setup_dependencies gives enqueue: while the
+    caller WATCHes, each write would run at once."""
     return {
         PipelineState.FRESH: CALL_RQ,
         PipelineState.WATCHING: Decision(defect, _buffer_writes, then_call_rq=True),
@@ -109,6 +109,11 @@ def buffered_writes(defect: str) -> dict[PipelineState, Decision]:
 
 ENQUEUE_MANY_WRITES = buffered_writes("D6")
 SCHEDULE_JOB_WRITES = buffered_writes("D7")
+ENQUEUE_JOB_WRITES = buffered_writes("D12")  # RQ < 1.14: enqueue_job without setup_dependencies
+
+
+def _present(defect_id: str) -> bool:
+    return True
 
 
 class _Wrapper:
@@ -124,6 +129,7 @@ class _Wrapper:
         self.target = target
         self.patched = patched
         self.enabled = True
+        self.confirm: Callable[[str], bool] = _present  # asked before a lazy defect's first fix
         names = target.parameters[1:]  # without self/cls, which wrapt passes apart
         self.subject_name = names[0]
         self.pipeline_at = len(names) - 1  # the pipeline is the last parameter we know
@@ -256,7 +262,7 @@ class GroupInTransaction(_Wrapper):
 
     def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         pipe = self.pipeline_of(args, kwargs)
-        if not (self.enabled and isinstance(pipe, Pipeline)) or "D9" not in self.patched:
+        if not (self.enabled and isinstance(pipe, Pipeline) and "D9" in self.patched and self.confirm("D9")):
             return wrapped(*args, **kwargs)
         group = copy.copy(instance)
         add_jobs = type(instance)._add_jobs
@@ -329,8 +335,10 @@ class UniqueInTransaction(_Wrapper):
     def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         caller, pipe = callers_pipeline() if self.enabled and "D10" in self.patched else ("", None)
         # is_async=False runs the job at the call: it cannot wait for the caller's EXEC (D11).
-        if caller == "_enqueue_sync_job" or not isinstance(pipe, Pipeline):
+        if caller == "_enqueue_sync_job" or not isinstance(pipe, Pipeline) or not self.confirm("D10"):
             return wrapped(*args, **kwargs)
+        from .unique import unique_in_transaction  # loaded by the first unique job in a pipeline
+
         job = args[self.job_at] if len(args) > self.job_at else kwargs["job"]
         return unique_in_transaction(wrapped, job, pipe, args, kwargs)
 
@@ -346,7 +354,8 @@ class SyncOutcomeLast(_Wrapper):
 
     def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         caller, pipe = callers_pipeline() if self.enabled and "D11" in self.patched else ("", None)
-        if caller == "run_sync" or not isinstance(pipe, Pipeline):  # run_sync's own wrapper does it
+        # run_sync's own wrapper does it for run_job under run_sync
+        if caller == "run_sync" or not isinstance(pipe, Pipeline) or not self.confirm("D11"):
             return wrapped(*args, **kwargs)
         job = args[0] if args else kwargs[self.subject_name]
         try:
@@ -378,6 +387,8 @@ class PipelineAtTheCall(_Wrapper):
     def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not self.enabled or kwargs.get("pipeline") is None:
             return wrapped(*args, **kwargs)
+        from . import djangorq
+
         djangorq.say_when_not_deferred(instance)
         return instance.original_enqueue_call(*args, **kwargs)
 
@@ -456,6 +467,15 @@ SCHEDULE_JOB = Target(
     wrapper=CheckedGuard,
     refuse=_refuse_foreign_pipeline_for_scheduled_entry,
 )
+ENQUEUE_JOB = Target(
+    "rq.queue",  # wrapped only where D12 is found (RQ < 1.14): it is on every enqueue's path
+    "Queue",
+    "enqueue_job",
+    ("self", "job", "pipeline"),
+    ("D12",),
+    lambda job: ENQUEUE_JOB_WRITES,
+    more_parameters_ok=True,
+)
 REGISTRY_SCHEDULE = Target(
     "rq.registry",
     "ScheduledJobRegistry",
@@ -515,6 +535,15 @@ RUN_JOB = Target(
     wrapper=SyncOutcomeLast,  # steps aside under run_sync
     check=lambda queue: callers_without_pipeline("run_job", but=("run_sync",)),
 )
+
+
+def _undeferred_enqueue_missing(django_rq_class: Any) -> str | None:
+    """What PipelineAtTheCall needs from django-rq: the enqueue it calls instead, undeferred."""
+    if callable(getattr(django_rq_class, "original_enqueue_call", None)):
+        return None
+    return "DjangoRQ has no original_enqueue_call"
+
+
 DJANGO_RQ_ENQUEUE_CALL = Target(
     "django_rq.queues",
     "DjangoRQ",
@@ -523,13 +552,14 @@ DJANGO_RQ_ENQUEUE_CALL = Target(
     (),  # django-rq's commit modes, not an RQ defect: wrapped whenever django-rq is imported
     wrapper=PipelineAtTheCall,
     late=True,
-    check=djangorq.why_not_wrappable,
+    check=_undeferred_enqueue_missing,
 )
 TARGETS = (
     SETUP_DEPENDENCIES,
     GET_JOBS_WITH_MET_DEPENDENCIES,
     ENQUEUE_MANY,
     SCHEDULE_JOB,
+    ENQUEUE_JOB,
     REGISTRY_SCHEDULE,
     GROUP_ENQUEUE_MANY,
     SAVE_UNIQUE_JOB,

@@ -291,7 +291,7 @@ def _install() -> None:
         return
     if _in_place():  # importing rq.queue just now ran our import hook, which applied the guards
         return
-    from .detect import NOT_IMPORTED_YET, detect
+    from .detect import NOT_IMPORTED_YET, detect, is_pending
     from .guard import SETUP_DEPENDENCIES, TARGETS
     from .importhook import is_initialised
     from .neighbours import chain_of
@@ -319,7 +319,11 @@ def _install() -> None:
         labels = {target.label: module for target, module in awaited.items()}
         _findings, _probed = detect(_bound, _version("rq"), awaited=labels), originals
     for finding in _findings:
-        if finding.probe is None and not finding.note.startswith(NOT_IMPORTED_YET):
+        if (
+            finding.probe is None
+            and not finding.note.startswith(NOT_IMPORTED_YET)
+            and not is_pending(finding)
+        ):
             _say_once(f"{finding.defect.id} not patched: {finding.reason}")
     _wanted = True
     _put_on(usable)
@@ -329,10 +333,13 @@ def _install() -> None:
 
 
 def _put_on(usable: dict[Any, Any]) -> None:
-    """Guard each usable target whose defects were detected (or that fixes a neighbour), unless
-    a guard of ours is already on it."""
+    """Guard each usable target whose defects were detected, or are lazy and not probed yet (the
+    guard asks ``_confirm`` at its first call), or that fixes a neighbour; unless a guard of ours
+    is already on it."""
     global _note, _unguarded
-    detected = frozenset(finding.defect.id for finding in _findings if finding.probe)
+    from .detect import is_pending
+
+    detected = frozenset(f.defect.id for f in _findings if f.probe or is_pending(f))
     guarded = {installed.target for installed in _installed}
     for target, chain in usable.items():
         patched = detected & frozenset(target.defects)
@@ -348,7 +355,9 @@ def _put_on(usable: dict[Any, Any]) -> None:
                     f"put on {target.label} does not fix {'them' if ',' in missing else 'it'}"
                 )
         elif patched or not target.defects:
-            _installed.append(_Installed.put_on(target, chain, patched))
+            installed = _Installed.put_on(target, chain, patched)
+            installed.guard.confirm = _confirm
+            _installed.append(installed)
     guarded = {installed.target for installed in _installed}
     _unguarded = [
         line for line in _unguarded if not any(line.startswith(f"{target.label}: ") for target in usable)
@@ -367,10 +376,26 @@ def _put_on(usable: dict[Any, Any]) -> None:
     log.debug(_note)
 
 
-def _when_initialised(module: str, callback: Any) -> None:
-    from .importhook import when_initialised
+def _confirm(defect_id: str) -> bool:
+    """Whether a lazy defect is present: probed on the first call that asks (or a report), then
+    remembered. A probe that cannot tell leaves RQ's own code at work, and says so once."""
+    global _findings
+    from .detect import detect, is_pending
 
-    when_initialised(module, callback)
+    with _lock:
+        finding = next((f for f in _findings if f.defect.id == defect_id), None)
+        if finding is not None and is_pending(finding):
+            (finding,) = detect(_bound, _version("rq"), only={defect_id}, now=True)
+            _findings = [finding if f.defect.id == defect_id else f for f in _findings]
+            if finding.probe is None:
+                _say_once(f"{defect_id} not patched: {finding.reason}")
+        return bool(finding is not None and finding.probe)
+
+
+def _when_initialised(module: str, callback: Any) -> None:
+    from .importhook import weakly, when_initialised
+
+    when_initialised(module, weakly(callback))
 
 
 def _install_late(module: Any) -> None:
@@ -382,7 +407,7 @@ def _install_late(module: Any) -> None:
             _awaited.discard(module.__name__)
             if not _wanted:
                 return
-            from .detect import DEFECTS, detect
+            from .detect import DEFECTS, detect, is_pending
             from .guard import TARGETS
             from .neighbours import chain_of
 
@@ -401,7 +426,7 @@ def _install_late(module: Any) -> None:
             if ids:
                 fresh = {f.defect.id: f for f in detect(_bound, _version("rq"), only=ids)}
                 for finding in fresh.values():
-                    if finding.probe is None:
+                    if finding.probe is None and not is_pending(finding):
                         _say_once(f"{finding.defect.id} not patched: {finding.reason}")
                 known = {f.defect.id: f for f in _findings if f.defect.id not in ids}
                 _findings = [
@@ -459,9 +484,13 @@ def status() -> Status:
     from .report import DefectStatus, Status  # not at rq's import: the hook builds no report
 
     with _lock:
+        for installed in _installed:  # a report says what is so: probe the lazy defects now
+            for defect_id in installed.patched:
+                _confirm(defect_id)
+        found = frozenset(f.defect.id for f in _findings if f.probe)
         seen = [(installed, chain, installed.problem(chain)) for installed, chain in _chains()]
         in_place = [installed for installed, _chain, problem in seen if problem is None]
-        patched = frozenset().union(*(installed.patched for installed in in_place))
+        patched = found & frozenset().union(*(installed.patched for installed in in_place))
         problems = [problem for _installed, _chain, problem in seen if problem]
         alongside = [_alongside(installed, chain) for installed, chain, _problem in seen]
         return Status(

@@ -6,9 +6,11 @@ from importlib import metadata
 from typing import Any
 
 import pytest
+import wrapt
 from packaging.version import Version
 from rq.queue import Queue
 
+import rq_pipeline_fix
 from rq_pipeline_fix import detect
 from rq_pipeline_fix.detect import TableVerdict, check_shape, table_verdict
 
@@ -104,13 +106,14 @@ METHODS = {
     "group_enqueue_many": "Group.enqueue_many",
     "save_unique_job": "rq.queue.save_unique_job",
     "run_job": "Queue.run_job",
+    "enqueue_job": "Queue.enqueue_job",
 }
 
 
 def probed(rq_version: str = INSTALLED_RQ, **methods: Any) -> dict[str, detect.Finding]:
     """The probes' findings for stand-in methods (by short name); a method not given is absent."""
     originals = {label: methods.get(name) for name, label in METHODS.items()}
-    return {f.defect.id: f for f in detect.detect(originals, rq_version)}
+    return {f.defect.id: f for f in detect.detect(originals, rq_version, now=True)}
 
 
 def installed_originals() -> dict[str, Any]:
@@ -133,8 +136,10 @@ def installed_originals() -> dict[str, Any]:
         owner, attribute_name = owners[label.split(".")[0]], label.rpartition(".")[2]
         if owner is None or attribute_name not in vars(owner):
             continue
-        attribute = vars(owner)[attribute_name]  # unwrapped where the guard found nothing to fix
-        originals[name] = getattr(attribute, "__wrapped__", attribute).__get__(None, owner)
+        attribute = vars(owner)[attribute_name]
+        if isinstance(attribute, wrapt.ObjectProxy):  # a guard of ours: RQ's method is beneath it
+            attribute = attribute.__wrapped__
+        originals[name] = attribute.__get__(None, owner)
     return originals
 
 
@@ -183,6 +188,7 @@ def test_probes_see_every_defect_in_rq_1_9_code() -> None:
         "D9": False,
         "D10": False,
         "D11": False,
+        "D12": False,
     }
     assert "as the version table expects" in findings["D1"].reason
     assert findings["D9"].reason == "rq 1.9.0 has no Group.enqueue_many"
@@ -207,6 +213,7 @@ def test_probes_see_upstream_fix_of_d1_in_rq_2_3_code() -> None:
         "D9": False,
         "D10": False,
         "D11": False,
+        "D12": False,
     }
 
 
@@ -218,6 +225,23 @@ def test_probe_sees_group_enqueue_many_running_the_callers_execute() -> None:
         setup_dependencies=like_rq_2_3, group_enqueue_many=group_enqueue_many_leaving_execute_to_caller
     )
     assert fixed["D9"].probe is False
+
+
+@pytest.mark.usefixtures("unpatched")
+def test_lazy_defects_wait_for_their_first_use_and_the_others_are_probed_at_once() -> None:
+    """D9-D11 are on paths most programs never take: not probed at rq's import, but by the
+    guard's first call that needs the answer, or by status()."""
+    originals = {METHODS[name]: method for name, method in installed_originals().items()}
+    findings = {f.defect.id: f for f in detect.detect(originals, INSTALLED_RQ)}
+    lazy = {d.id for d in detect.DEFECTS if d.lazy}
+    assert lazy == {"D9", "D10", "D11"}
+    for defect_id, finding in findings.items():
+        if defect_id in lazy and finding.defect.method in originals:
+            assert detect.is_pending(finding) and finding.probe is None, finding
+        else:
+            assert not detect.is_pending(finding), finding
+    report = {d.id: d for d in rq_pipeline_fix.apply().defects}
+    assert all(report[d].detected is not None for d in lazy)  # a report probes them
 
 
 def test_probe_sees_an_enqueue_many_that_buffers_in_a_watching_pipeline() -> None:
@@ -262,6 +286,7 @@ def test_probe_that_would_touch_redis_decides_nothing() -> None:
         assert "tried to talk to Redis" in finding.reason or "sent a command to Redis" in finding.reason
 
 
+@pytest.mark.usefixtures("unpatched")  # RQ's own methods call each other (enqueue_many > enqueue_job)
 def test_probes_of_the_installed_rq_match_the_version_table() -> None:
     findings = probed(INSTALLED_RQ, **installed_originals())
     assert findings["D1"].probe == (Version(INSTALLED_RQ) < Version("2.3.0"))
@@ -271,6 +296,7 @@ def test_probes_of_the_installed_rq_match_the_version_table() -> None:
     assert findings["D9"].probe == (Version(INSTALLED_RQ) >= Version("2.0.0"))
     assert findings["D10"].probe == (Version(INSTALLED_RQ) >= Version("2.8.0"))
     assert findings["D11"].probe is True
+    assert findings["D12"].probe == (Version(INSTALLED_RQ) < Version("1.14"))
     for finding in findings.values():
         if finding.table is not TableVerdict.UNKNOWN:
             assert finding.present == (finding.table is TableVerdict.AFFECTED), finding

@@ -17,6 +17,7 @@ import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
+from tests.conftest import detected
 from tests.jobs import record
 from tests.snapshot import snapshot
 
@@ -210,3 +211,18 @@ def test_rate_limited_enqueue_with_a_pipeline_is_refused_by_rq_before_any_write(
         pipe.execute()
     assert {**before, b"mine": seeded.get("mine")} == {**before, b"mine": b"1"}
     assert set(snapshot(seeded)) - set(before) == {b"mine"}
+
+
+@pytest.mark.usefixtures("unpatched")
+def test_without_guard_enqueue_job_writes_through_a_watching_pipeline_at_once_where_d12_was_detected(
+    seeded: redis.Redis,
+) -> None:
+    """RQ < 1.14: enqueue_job does not call setup_dependencies, so nothing switches the caller's
+    WATCHing pipeline to MULTI and each write runs at once."""
+    queue = Queue("default", connection=seeded)
+    with seeded.pipeline() as pipe:
+        pipe.watch("balance")
+        queue.enqueue_job(_job(queue), pipeline=pipe)
+        landed = queue.job_ids
+        pipe.reset()
+    assert landed == ([J] if detected("D12") else [])
