@@ -8,7 +8,6 @@ saw this very RQ), and the disagreement is recorded in the reason.
 
 from __future__ import annotations
 
-import copy
 import enum
 import inspect
 from collections.abc import Collection, Mapping, Sequence
@@ -235,6 +234,13 @@ class _ProbeKit:
         self.connection = _offline_redis()
         self.queue = queue_class("rq-pipeline-fix-probe", connection=self.connection, job_class=job_class)
         _known_server(self.queue)
+        for label, method in originals.items():
+            owner, _, name = label.rpartition(".")
+            if owner == "Queue" and method is not None:
+                # The probes' queue calls RQ's own for each method we guard, even from within
+                # another: a guard already on, of this copy or another (D12's on enqueue_job),
+                # would make enqueue_many's writes look buffered to the D6 probe.
+                setattr(self.queue, name, method.__get__(self.queue))
         self.originals = originals
         self.setup_dependencies = originals["Queue.setup_dependencies"]
         self.get_jobs_with_met_dependencies = originals.get(_CHECK)
@@ -384,16 +390,13 @@ def _probe_d12(kit: _ProbeKit) -> bool:
     multi() spares the probe the rest of an enqueue (RQ >= 1.14 calls it first, at rq's import)."""
     enqueue_job = kit.original("Queue.enqueue_job")
     pipe = kit.watching_pipeline()
-    queue = copy.copy(kit.queue)
-    # RQ's own setup_dependencies for this queue alone: not a neighbour's wrapper, nor our guard.
-    queue.setup_dependencies = kit.setup_dependencies.__get__(queue)  # type: ignore[union-attr]
 
     def switched(*args: Any, **kwargs: Any) -> None:
         raise _SwitchedToMulti
 
     pipe.multi = switched
     try:
-        return _runs_at_once(lambda: enqueue_job(queue, kit.job(), pipeline=pipe))
+        return _runs_at_once(lambda: enqueue_job(kit.queue, kit.job(), pipeline=pipe))
     except _SwitchedToMulti:
         return False
 
