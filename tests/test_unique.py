@@ -272,3 +272,26 @@ def test_without_guard_unique_job_lands_before_execute_where_d10_was_detected(
         assert Queue("default", connection=connection).job_ids == ["u"]  # before any execute()
         pipe.reset()
     assert job_keys(connection) == [b"rq:job:u"]  # and the reset leaves it behind
+
+
+def test_a_neighbours_wrapper_between_enqueue_and_the_script_changes_nothing(
+    connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenTelemetry wraps Queue._enqueue_job (wrapt): the guard finds the caller's pipeline in
+    RQ's frames all the same, below and above that wrapper."""
+    import wrapt
+
+    seen: list[str] = []
+
+    def traced(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        seen.append("traced")
+        return wrapped(*args, **kwargs)
+
+    monkeypatch.setattr(Queue, "_enqueue_job", wrapt.FunctionWrapper(Queue.__dict__["_enqueue_job"], traced))
+    default = Queue("default", connection=connection)
+    with connection.pipeline() as pipe:
+        pipe.set("mine", 1)
+        ENQUEUES["enqueue_call"](default, pipe)
+        assert connection.keys("*") == []
+        pipe.execute()
+    assert seen == ["traced"] and default.job_ids == ["u"] and connection.get("mine") == b"1"
