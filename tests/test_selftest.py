@@ -207,6 +207,14 @@ sys.exit(main(["selftest", "--url", sys.argv[1]]))
 """
 
 
+def stoppable_by_signals() -> None:
+    """The child starts with SIGINT, SIGTERM and SIGHUP at their defaults, as from a terminal: a run
+    under `nohup` or in a background job would pass them on ignored, and the selftest rightly leaves
+    an ignored signal ignored."""
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
+
+
 @contextmanager
 def paused_mid_family(url: str) -> Iterator[subprocess.Popen[str]]:
     """The selftest against ``url`` in a subprocess, paused with the guard's first family's keys
@@ -214,7 +222,13 @@ def paused_mid_family(url: str) -> Iterator[subprocess.Popen[str]]:
     command = [sys.executable, "-c", PAUSING_CHILD, url]
     pipe = subprocess.PIPE
     child = subprocess.Popen(
-        command, env=child_environment(), text=True, stdin=pipe, stdout=pipe, stderr=pipe
+        command,
+        env=child_environment(),
+        text=True,
+        stdin=pipe,
+        stdout=pipe,
+        stderr=pipe,
+        preexec_fn=stoppable_by_signals,
     )
     try:
         assert child.stdout is not None
