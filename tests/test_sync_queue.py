@@ -20,6 +20,8 @@ from tests.jobs import fail, record
 from tests.snapshot import snapshot
 
 RQ_VERSION = Version(rq_pipeline_fix.status().rq_version or "0")
+# RQ 1.12 keeps no return value for a job a sync queue runs, with or without a pipeline.
+RESULT_KEPT = RQ_VERSION.release[:2] != (1, 12)
 
 Enqueue = Callable[[Queue, Any], Any]
 ENQUEUES: dict[str, Enqueue] = {
@@ -67,7 +69,7 @@ def test_job_run_at_the_call_stays_finished_after_the_callers_execute(
     pipe.execute()
     job = Job.fetch("s", connection=connection)
     value = job.return_value() if callable(job.return_value) else job.return_value  # a property before 1.12
-    assert job.get_status() == JobStatus.FINISHED and value == "s"
+    assert job.get_status() == JobStatus.FINISHED and value == ("s" if RESULT_KEPT else None)
     assert connection.get("after") == b"1"
     assert 0 < connection.ttl(job.key) <= job.get_result_ttl(500)  # RQ's result TTL, not made persistent
 
