@@ -21,7 +21,7 @@ import inspect
 from collections.abc import Iterable
 from typing import Any
 
-from .pipelines import NO_STATUS, say_once, start_transaction, statuses_written, watched_field
+from .pipelines import DELETED, NO_STATUS, say_once, start_transaction, statuses_written, watched_field
 
 # RQ's two dependency checks, which do not always agree (allow_failure before 3.0, a parent hash
 # without a status). Plain strings: they key a cache looked up per parent.
@@ -70,7 +70,7 @@ def must_wait(jobs: list[Any], pipe: Any, path: str) -> list[bool]:
     A parent whose status this batch sets is judged by that status, whatever Redis holds, so a
     job with such an unfinished parent waits without anything being read. The other parents are
     WATCHed before their status is read (``watched_field``); a parent missing from Redis and not
-    written by the batch is ignored, as RQ does.
+    written by the batch, or deleted by the batch, is ignored, as RQ does.
     """
     in_batch = statuses_written(pipe)
     parent_keys = [[job.key_for(parent_id) for parent_id in job._dependency_ids] for job in jobs]
@@ -84,6 +84,8 @@ def must_wait(jobs: list[Any], pipe: Any, path: str) -> list[bool]:
             status = in_batch.get(key, NO_STATUS)
             if status is NO_STATUS:  # the batch leaves its status as it is: Redis decides
                 unread.append(key)
+            elif status is DELETED:  # gone when the batch has run: RQ ignores a missing parent
+                continue
             elif not rq_counts_as_met(path, status, allow_failure):
                 waits = True
                 break

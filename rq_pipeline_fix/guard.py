@@ -27,7 +27,7 @@ from typing import Any, Callable, NamedTuple
 from redis.client import Pipeline  # fakeredis pipelines subclass it; ClusterPipeline does not
 
 from . import deps
-from .pipelines import PipelineState, pipeline_state, start_transaction
+from .pipelines import PipelineState, note_written, pipeline_state, start_transaction
 
 Action = Callable[..., Any]
 
@@ -374,9 +374,11 @@ def _buffer_as_it_is(connection: Any, key: Any, pipe: Any) -> None:
     with connection.pipeline(transaction=False) as read:
         read.dump(key)
         read.pttl(key)
-        value, ttl = read.execute()
+        read.hget(key, "status")
+        value, ttl, status = read.execute()
     if value is not None:
         pipe.restore(key, max(ttl, 0), value, replace=True)
+        note_written(pipe, key, status)  # for dependents later in the batch: the outcome, not QUEUED
 
 
 class PipelineAtTheCall(_Wrapper):

@@ -70,7 +70,34 @@ def watched_exists(pipe: Any, keys: Sequence[Any]) -> dict[Any, bool]:
     the pipeline's EXEC (as ``watched_field`` does): a key created or deleted before EXEC aborts
     the caller's transaction. One round trip."""
     replies = _watch_and_read(pipe, keys, [("EXISTS", key) for key in keys])
-    return {key: bool(reply) for key, reply in zip(keys, replies)}
+    found = {key: bool(reply) for key, reply in zip(keys, replies)}
+    notes_on(pipe).existing.update(found)
+    return found
+
+
+def unwatch_one(pipe: Any, key: Any) -> None:
+    """Take ``key`` out of the WATCHes of the transaction, where they are all ours. Redis can only
+    UNWATCH everything, so the other keys we WATCHed are WATCHed again and read again in one round
+    trip: a reading that changed meanwhile means the transaction would have aborted, and it ends
+    now with WatchError (pipeline reset, as for a lost WATCH). Where the caller WATCHed keys of its
+    own, the WATCH on ``key`` stays: those cannot be put back (a change to ``key`` then aborts)."""
+    notes = notes_on(pipe)
+    if notes.caller_watching or not pipe.watching:
+        return
+    fields = {k: v for k, v in notes.watched.items() if k != key}
+    existing = {k: v for k, v in notes.existing.items() if k != key}
+    unwatch(pipe)
+    if not fields and not existing:
+        return
+    reads = [("HGET", k, "status") for k in fields] + [("EXISTS", k) for k in existing]
+    replies = _watch_and_read(pipe, [*fields, *existing], reads)
+    notes.watched.update(zip(fields, replies))
+    notes.existing.update((k, bool(r)) for k, r in zip(existing, replies[len(fields) :]))
+    if replies != [*fields.values(), *(int(v) for v in existing.values())]:
+        from redis.exceptions import WatchError
+
+        _abandon_transaction(pipe, pipe.connection)
+        raise WatchError("a key this transaction depends on changed before it ran")
 
 
 def unwatch(pipe: Any) -> None:
@@ -80,7 +107,9 @@ def unwatch(pipe: Any) -> None:
     from redis.exceptions import ConnectionError, TimeoutError
 
     pipe.watching = False
-    notes_on(pipe).watched.clear()
+    notes = notes_on(pipe)
+    notes.watched.clear()
+    notes.existing.clear()
     conn = pipe.connection
     if conn is None:
         return
@@ -107,6 +136,9 @@ def _watch_and_read(pipe: Any, watch_keys: Sequence[Any], reads: Sequence[tuple[
     conn = pipe.connection
     if conn is None:
         conn = pipe.connection = _get_connection(pipe.connection_pool)
+    notes = notes_on(pipe)
+    if notes.caller_watching is None:  # our first WATCH in this transaction: was the caller's first?
+        notes.caller_watching = bool(pipe.watching)
     pipe.watching = True
     commands = [("WATCH", *watch_keys), *reads]
     try:
@@ -245,13 +277,24 @@ class _Notes:
     write, with the last status they give each; the keys we WATCHed, with the value read right
     after; and, once we WATCH, the pipeline (weakly) for the reconnect refusal."""
 
-    __slots__ = ("__weakref__", "pipe", "scanned", "stack", "watched", "written")
+    __slots__ = (
+        "__weakref__",
+        "caller_watching",
+        "existing",
+        "pipe",
+        "scanned",
+        "stack",
+        "watched",
+        "written",
+    )
 
     def __init__(self, stack: list[Any]) -> None:
         self.stack = stack  # redis-py replaces the list on execute()/reset(): a new transaction
         self.scanned = 0
-        self.written: dict[Any, Any] = {}  # hash key -> last status written, or NO_STATUS
-        self.watched: dict[Any, Any] = {}
+        self.written: dict[Any, Any] = {}  # hash key -> last status written, NO_STATUS or DELETED
+        self.watched: dict[Any, Any] = {}  # key -> its status read under our WATCH
+        self.existing: dict[Any, bool] = {}  # key -> whether it existed, read under our WATCH
+        self.caller_watching: bool | None = None  # at our first WATCH: had the caller WATCHed?
         self.pipe: weakref.ReferenceType[Any] | None = None
 
     def watch_pending(self) -> Any:
@@ -271,9 +314,18 @@ class _NoStatus:
 
 NO_STATUS: Any = _NoStatus()  # the batch writes the hash but sets no status in it
 
+
+class _Deleted:
+    def __repr__(self) -> str:
+        return "DELETED"
+
+
+DELETED: Any = _Deleted()  # the batch deletes the key (and does not write it again)
+
 # Per pipeline, weakly: the notes go when the caller's pipeline goes.
 _notes_by_pipeline: weakref.WeakKeyDictionary[Any, _Notes] = weakref.WeakKeyDictionary()
 _HASH_WRITES = frozenset({"HSET", "HMSET", b"HSET", b"HMSET"})
+_DELETES = frozenset({"DEL", "UNLINK", b"DEL", b"UNLINK"})  # e.g. Job.delete(pipeline=)
 
 
 def _notes_for(pipe: Any) -> _Notes:
@@ -294,6 +346,8 @@ def notes_on(pipe: Any) -> _Notes:
     for args, _options in stack[notes.scanned :]:
         if args and args[0] in _HASH_WRITES:
             written[args[1]] = _status_set(args, written.get(args[1], NO_STATUS))
+        elif args and args[0] in _DELETES:
+            written.update(dict.fromkeys(args[1:], DELETED))
     notes.scanned = len(stack)
     return notes
 
@@ -304,12 +358,13 @@ def _status_set(args: tuple[Any, ...], before: Any) -> Any:
     for name in ("status", b"status"):
         if name in last_fields_first:
             return args[-1 - 2 * last_fields_first.index(name)]
-    return before
+    return None if before is DELETED else before  # a hash the batch re-creates without a status
 
 
 def statuses_written(pipe: Any) -> dict[Any, Any]:
     """Hash keys written by the pipeline's buffered commands, each with the last status the
-    batch sets in it (``NO_STATUS`` when it writes the hash without one)."""
+    batch sets in it (``NO_STATUS`` when it writes the hash without one, ``DELETED`` when the
+    batch deletes it last)."""
     return notes_on(pipe).written
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
-from .pipelines import note_written, start_transaction, statuses_written, unwatch, watched_exists
+from .pipelines import DELETED, note_written, start_transaction, statuses_written, unwatch_one, watched_exists
+
+_NOT_WRITTEN: Any = object()
 
 
 def unique_in_transaction(
@@ -27,10 +29,14 @@ def unique_in_transaction(
     """Run RQ's script helper ``helper(connection, ...)`` for ``job`` inside the caller's
     transaction ``pipe``, after the existence check described above."""
     key = job.key
-    was_watching = pipe.watching
-    if key in statuses_written(pipe) or watched_exists(pipe, [key])[key]:
-        if pipe.watching and not was_watching:  # the only WATCH was ours: leave the pipeline as it was
-            unwatch(pipe)
+    in_batch = statuses_written(pipe).get(key, _NOT_WRITTEN)
+    if in_batch is _NOT_WRITTEN:
+        duplicate = watched_exists(pipe, [key])[key]
+        if duplicate:  # leave the transaction as it was, where the WATCHes are ours
+            unwatch_one(pipe, key)
+    else:  # written earlier in the batch; deleted by it before the script runs: no duplicate
+        duplicate = in_batch is not DELETED
+    if duplicate:
         from rq.exceptions import DuplicateJobError
 
         raise DuplicateJobError(f"Job with ID '{job.id}' already exists")

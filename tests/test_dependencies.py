@@ -284,6 +284,41 @@ def test_a_parent_in_redis_is_watched_and_read_once_per_transaction(connection: 
 # --- the race: a parent finishing between the check and the caller's EXEC --------------------
 
 
+@pytest.mark.parametrize("delete", ["Job.delete", "DEL", "UNLINK"])
+def test_a_parent_deleted_in_the_batch_is_ignored_as_rq_ignores_a_missing_one(
+    connection: redis.Redis, delete: str
+) -> None:
+    default = queue(connection)
+    parent = default.enqueue_call(record, args=("parent",), job_id="parent")  # unfinished in Redis
+    with connection.pipeline() as pipe:
+        pipe.set("mine", 1)
+        if delete == "Job.delete":
+            Job.fetch("parent", connection=connection).delete(pipeline=pipe)
+        else:
+            pipe.execute_command(delete, parent.key)
+        default.enqueue_call(record, args=("child",), job_id="child", depends_on="parent", pipeline=pipe)
+        pipe.execute()
+    assert not connection.exists(parent.key)
+    work(connection, default)
+    assert status_of(connection, "child") == JobStatus.FINISHED
+    assert "child" in executed(connection) and "parent" not in executed(connection)
+
+
+def test_a_parent_deleted_then_saved_again_in_the_batch_is_judged_by_the_new_status(
+    connection: redis.Redis,
+) -> None:
+    default = queue(connection)
+    finished = finished_parent(connection)
+    with connection.pipeline() as pipe:
+        finished.delete(pipeline=pipe)
+        default.enqueue_call(record, args=("again",), job_id=finished.id, pipeline=pipe)  # queued anew
+        default.enqueue_call(record, args=("child",), job_id="child", depends_on=finished.id, pipeline=pipe)
+        pipe.execute()
+    assert status_of(connection, "child") == JobStatus.DEFERRED
+    work(connection, default)
+    assert executed(connection)[-2:] == ["again", "child"]
+
+
 def test_parent_finishing_before_execute_aborts_whole_batch(connection: redis.Redis) -> None:
     parents = queue(connection, "parents")
     parent = parents.enqueue(record, "parent")

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pytest
 import redis
 from packaging.version import Version
-from rq import Queue
+from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
 import rq_pipeline_fix
@@ -142,3 +142,17 @@ def test_outcome_is_kept_byte_for_byte_on_a_decoding_client(connection: redis.Re
     decoding.close()
     job = Job.fetch("s", connection=connection)  # RQ itself reads jobs with a non-decoding client
     assert job.get_status() == JobStatus.FINISHED and job.args == ("s",)
+
+
+def test_children_of_a_job_run_at_the_call_are_queued_and_run(connection: redis.Redis) -> None:
+    """The batch leaves the parent as its run left it (finished), not as RQ's stale QUEUED write."""
+    default = Queue("default", connection=connection)
+    with connection.pipeline() as pipe:
+        sync_queue(connection).enqueue_call(record, args=("p",), job_id="p", pipeline=pipe)
+        default.enqueue_call(record, args=("c1",), job_id="c1", depends_on="p", pipeline=pipe)
+        sync_queue(connection).enqueue_call(record, args=("c2",), job_id="c2", depends_on="p", pipeline=pipe)
+        pipe.execute()
+    SimpleWorker([default], connection=connection).work(burst=True)
+    statuses = {job_id: Job.fetch(job_id, connection=connection).get_status() for job_id in ("p", "c1", "c2")}
+    assert statuses == dict.fromkeys(("p", "c1", "c2"), JobStatus.FINISHED)
+    assert connection.lrange("executed", 0, -1) == [b"p", b"c2", b"c1"]

@@ -185,6 +185,50 @@ def test_duplicate_keeps_the_callers_own_watch(connection: redis.Redis, other_cl
     assert connection.get("balance") == b"0"
 
 
+def test_duplicate_after_a_dependent_enqueue_drops_only_its_own_watch(
+    connection: redis.Redis, other_client: redis.Redis
+) -> None:
+    """The guard WATCHed the dependent's parent; the duplicate's WATCH goes, the parent's stays."""
+    default = Queue("default", connection=connection)
+    parent = Queue("parents", connection=other_client).enqueue_call(record, args=("p",), job_id="p")
+    existing = Queue("others", connection=other_client).enqueue_call(record, args=("x",), job_id="u")
+    with connection.pipeline() as pipe:
+        pipe.set("mine", 1)
+        default.enqueue_call(record, args=("c",), job_id="c", depends_on="p", pipeline=pipe)
+        with pytest.raises(DuplicateJobError):
+            ENQUEUES["enqueue"](default, pipe)
+        other_client.hset(existing.key, "description", "touched")  # the existing job changes: no abort
+        pipe.execute()
+    assert (
+        connection.get("mine") == b"1"
+        and Job.fetch("c", connection=connection).get_status() == JobStatus.DEFERRED
+    )
+    with connection.pipeline() as pipe:
+        default.enqueue_call(record, args=("c2",), job_id="c2", depends_on="p", pipeline=pipe)
+        with pytest.raises(DuplicateJobError):
+            ENQUEUES["enqueue"](default, pipe)
+        other_client.hset(parent.key, "status", "finished")  # the parent's WATCH survived the duplicate
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
+    assert not connection.exists(Job.key_for("c2"))
+
+
+def test_duplicate_after_the_parent_changed_ends_in_watch_error(
+    connection: redis.Redis, other_client: redis.Redis
+) -> None:
+    default = Queue("default", connection=connection)
+    parent = Queue("parents", connection=other_client).enqueue_call(record, args=("p",), job_id="p")
+    Queue("others", connection=other_client).enqueue_call(record, args=("x",), job_id="u")
+    with connection.pipeline() as pipe:
+        pipe.set("mine", 1)
+        default.enqueue_call(record, args=("c",), job_id="c", depends_on="p", pipeline=pipe)
+        other_client.hset(parent.key, "status", "finished")  # the batch is doomed already
+        with pytest.raises(redis.WatchError):
+            ENQUEUES["enqueue"](default, pipe)
+        assert not pipe.watching and not pipe.command_stack  # reset, as for a lost WATCH
+    assert connection.get("mine") is None and not connection.exists(Job.key_for("c"))
+
+
 def test_unique_job_at_front_lands_at_the_front(connection: redis.Redis) -> None:
     default = Queue("default", connection=connection)
     default.enqueue_call(record, args=("a",), job_id="a")
