@@ -303,6 +303,7 @@ def _install() -> None:
         t: t.module for t in TARGETS if t.late and not is_initialised(t.module) and _may_come(t.module)
     }
     usable: dict[Any, Any] = {}
+    unusable: dict[str, str] = {}
     for target in TARGETS:
         chain = None if target in awaited else _find(target, chain_of)
         problem = _usable(target, chain)
@@ -312,17 +313,20 @@ def _install() -> None:
             _leave_rq_alone(f"left RQ untouched: {problem}")
             return
         elif chain is not None:
+            unusable[target.label] = problem or ""
             _say_once(f"{_what(target)} not patched: {problem}")
     originals = {t.label: getattr(chain.judged, "__func__", chain.judged) for t, chain in usable.items()}
     if _probed != originals:
         _bound = {t.label: chain.judged.__get__(None, chain.owner) for t, chain in usable.items()}
         labels = {target.label: module for target, module in awaited.items()}
-        _findings, _probed = detect(_bound, _version("rq"), awaited=labels), originals
+        findings = detect(_bound, _version("rq"), awaited=labels)
+        _findings, _probed = _undecided_where(unusable, findings), originals
     for finding in _findings:
         if (
             finding.probe is None
             and not finding.note.startswith(NOT_IMPORTED_YET)
             and not is_pending(finding)
+            and finding.defect.method not in unusable  # said above
         ):
             _say_once(f"{finding.defect.id} not patched: {finding.reason}")
     _wanted = True
@@ -330,6 +334,17 @@ def _install() -> None:
     for module in set(awaited.values()) - _awaited:
         _awaited.add(module)
         _when_initialised(module, _install_late)
+
+
+def _undecided_where(unusable: dict[str, str], findings: list[Any]) -> list[Any]:
+    """``findings``, with the defects of the methods RQ has in a shape we cannot guard marked
+    undecided: the probes were not given those methods, and would otherwise call them absent."""
+    return [
+        f._replace(probe=None, note=f"not probed: {unusable[f.defect.method]}")
+        if f.defect.method in unusable
+        else f
+        for f in findings
+    ]
 
 
 def _put_on(usable: dict[Any, Any]) -> None:
@@ -413,6 +428,7 @@ def _install_late(module: Any) -> None:
 
             targets = [t for t in TARGETS if t.late and t.module == module.__name__]
             usable: dict[Any, Any] = {}
+            unusable: dict[str, str] = {}
             for target in targets:
                 chain = _find(target, chain_of)
                 problem = _usable(target, chain)
@@ -421,12 +437,15 @@ def _install_late(module: Any) -> None:
                     _probed[target.label] = getattr(chain.judged, "__func__", chain.judged)
                     _bound[target.label] = chain.judged.__get__(None, chain.owner)
                 elif chain is not None:
+                    unusable[target.label] = problem or ""
                     _say_once(f"{_what(target)} not patched: {problem}")
             ids = {defect for target in targets for defect in target.defects}
             if ids:
-                fresh = {f.defect.id: f for f in detect(_bound, _version("rq"), only=ids)}
+                found = _undecided_where(unusable, detect(_bound, _version("rq"), only=ids))
+                fresh = {f.defect.id: f for f in found}
                 for finding in fresh.values():
-                    if finding.probe is None and not is_pending(finding):
+                    said = finding.defect.method in unusable  # said above
+                    if finding.probe is None and not is_pending(finding) and not said:
                         _say_once(f"{finding.defect.id} not patched: {finding.reason}")
                 known = {f.defect.id: f for f in _findings if f.defect.id not in ids}
                 _findings = [

@@ -157,6 +157,24 @@ def test_import_after_rq_patches_at_once() -> None:
     assert result.stdout.split() == ["FunctionWrapper"], result.stderr
 
 
+def test_a_method_of_a_shape_we_cannot_guard_is_undecided_not_absent() -> None:
+    # As after an RQ upgrade that renames enqueue_many's parameters: RQ has the method, so D6 is
+    # not ruled out, but it can be neither probed nor guarded.
+    result = run_python(
+        "import json, rq.queue, rq_pipeline_fix\n"
+        "def enqueue_many(self, datas, pipe=None): pass\n"
+        "rq.queue.Queue.enqueue_many = enqueue_many\n"
+        "report = rq_pipeline_fix.apply()\n"
+        "(d6,) = [d for d in report.defects if d.id == 'D6']\n"
+        "print(json.dumps([d6.detected, d6.patched, d6.reason, [d.id for d in report.unpatched]]))"
+    )
+    assert result.returncode == 0, result.stderr
+    detected, patched, reason, unpatched = json.loads(result.stdout)
+    assert detected is None and not patched and "D6" in unpatched
+    assert reason.startswith("not probed: Queue.enqueue_many has parameters ['self', 'datas', 'pipe']")
+    assert result.stderr.count("RQPipelineFixWarning: rq-pipeline-fix: D6 not patched") == 1
+
+
 @pytest.mark.parametrize(
     ("value", "patched", "complaint"),
     [
