@@ -1,8 +1,11 @@
 """``rq-pipeline-fix`` / ``python -m rq_pipeline_fix``: see what the package does, and show it working.
 
-status [--json]   versions, each defect: present, patched, why. Exit 0 when RQ is correct or
-                  fully patched, 1 when a defect is left unpatched (or nothing could be probed).
-                  The --json schema is documented in rq_pipeline_fix/report.py.
+status [--json] [--strict]  versions, each defect: present, patched, why. Exit 0 when RQ is
+                  correct or fully patched, 1 when a defect is left unpatched or undecided (or
+                  nothing could be probed). --strict: the verdict of `pytest
+                  --rq-pipeline-fix-strict`, which is the same, as exit status 3 (2 is argparse's
+                  usage error), with one line per defect on stderr. The --json schema is
+                  documented in rq_pipeline_fix/report.py.
 demo              the scenario of RQ issue #2211 against $REDIS_URL, else a redis-server
                   started for the demo: fails without the guard, lands with it. Exit 0: it did.
 selftest [--url URL]  the scenario families against your server (URL, else $REDIS_URL), first
@@ -21,19 +24,29 @@ from collections.abc import Sequence
 
 EXIT_OK = 0
 EXIT_UNPATCHED = 1
+EXIT_STRICT = 3  # status --strict: not OK (2 is argparse's usage error)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rq-pipeline-fix",
         description="Lets any mix of RQ enqueues share one atomic redis-py pipeline.",
-        epilog="Exit status of `status`: 0 RQ correct or fully patched, 1 a defect is left unpatched.",
+        epilog=(
+            "Exit status of `status`: 0 RQ correct or fully patched, 1 a defect is left unpatched or "
+            "undecided (3 with --strict)."
+        ),
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     status = commands.add_parser("status", help="versions and each defect: present, patched, why")
     status.add_argument(
         "--json", action="store_true", help="print one JSON object (schema: rq_pipeline_fix/report.py)"
+    )
+    status.add_argument(
+        "--strict",
+        action="store_true",
+        help="for CI, the verdict of pytest --rq-pipeline-fix-strict: exit 3 when a defect present in "
+        "the installed RQ is unpatched or undecided (each named on stderr), 0 when none is",
     )
     commands.add_parser("demo", help="the seed scenario for real: fails without the guard, lands with it")
     selftest = commands.add_parser(
@@ -68,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.command == "status":
-        return status_command(as_json=arguments.json)
+        return status_command(as_json=arguments.json, strict=arguments.strict)
     if arguments.command == "demo":
         from . import demo  # imports rq: only for this command
 
@@ -82,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return exec_with_bootstrap(arguments.cmd)
 
 
-def status_command(as_json: bool) -> int:
+def status_command(as_json: bool, strict: bool = False) -> int:
     from . import report
 
     status = report.observed_status()
@@ -90,7 +103,13 @@ def status_command(as_json: bool) -> int:
         print(json.dumps(report.to_json(status), indent=2))
     else:
         print(report.table(status))
-    return EXIT_OK if report.is_ok(status) else EXIT_UNPATCHED
+    problems = report.verdict(status)
+    if not problems:
+        return EXIT_OK
+    if not strict:
+        return EXIT_UNPATCHED
+    print(report.strict_message(problems), file=sys.stderr)
+    return EXIT_STRICT
 
 
 if __name__ == "__main__":

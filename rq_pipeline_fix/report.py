@@ -17,6 +17,9 @@ change; keys may be added)::
       "note": "guard on rq.queue.Queue.setup_dependencies for D2, D3",
       "neighbours": [],           # other libraries' wrappers on the guarded methods, and where ours sits
       "unpatched": [],            # ids detected (or not ruled out by probe or table) but not patched
+      "undecided": [],            # those of them the probe could not tell (detected null)
+      "verdict": [],              # why not ok, one line per defect ("D2 unpatched: disabled by ..."),
+                                  # as `status --strict` and `pytest --rq-pipeline-fix-strict` say it
       "defects": [
         {
           "id": "D2",                         # as in DEFECTS.md
@@ -125,10 +128,50 @@ def _probed_elsewhere(status: Status) -> Status:
     return dataclasses.replace(status, defects=defects)
 
 
+def verdict(status: Status) -> tuple[str, ...]:
+    """Why RQ is not known to be correct or fully patched, one line per defect, each starting with
+    its id: "unpatched" (present, no guard of ours fixes it here, e.g. under the kill switch) or
+    "undecided" (the probe could not tell and the version table does not rule it out). A line
+    also when nothing could be probed (rq not importable, or a ``setup_dependencies`` of a shape
+    we do not know): then we cannot say RQ is fine. Empty: OK.
+
+    The one verdict behind ``status``'s ``ok`` and exit status, ``status --strict`` and
+    ``pytest --rq-pipeline-fix-strict``, so that they cannot disagree.
+    """
+    if not status.defects:
+        return (f"no defect could be probed: {status.note}",)
+    disabled = is_disabled(status)
+    lines = []
+    for d in status.unpatched:
+        if d.detected is None:
+            table = (
+                f"rq {status.rq_version} is newer than the version table"
+                if d.version_table == "unknown"
+                else f"the version table says rq {status.rq_version} has it"
+            )
+            lines.append(f"{d.id} undecided: {d.reason}; {table}")
+        elif disabled:
+            lines.append(f"{d.id} unpatched: disabled by {DISABLE_VARIABLE}")
+        else:
+            lines.append(f"{d.id} unpatched: present, but no guard of ours fixes it here ({status.note})")
+    return tuple(lines)
+
+
+def strict_message(problems: tuple[str, ...]) -> str:
+    """What strict mode says when ``verdict`` found ``problems`` (pytest's usage error, stderr of
+    ``status --strict``)."""
+    lines = "".join(f"\n  {line}" for line in problems)
+    return f"rq-pipeline-fix strict: RQ is not known to be fully patched:{lines}"
+
+
+def undecided(status: Status) -> tuple[DefectStatus, ...]:
+    """The unpatched defects that the probe could not tell and the version table does not rule out."""
+    return tuple(d for d in status.unpatched if d.detected is None)
+
+
 def is_ok(status: Status) -> bool:
-    """RQ is correct or fully patched. False also when nothing could be probed (rq not importable,
-    or a ``setup_dependencies`` of a shape we do not know): then we cannot say RQ is fine."""
-    return bool(status.defects) and not status.unpatched
+    """RQ is correct or fully patched: ``verdict`` finds nothing."""
+    return not verdict(status)
 
 
 def is_disabled(status: Status) -> bool:
@@ -156,6 +199,8 @@ def to_json(status: Status) -> dict[str, Any]:
         "disabled": is_disabled(status),
         **{key: value for key, value in status.to_dict().items() if key != "defects"},
         "unpatched": [d.id for d in status.unpatched],
+        "undecided": [d.id for d in undecided(status)],
+        "verdict": list(verdict(status)),
         "defects": [dataclasses.asdict(d) for d in status.defects],
     }
 

@@ -43,6 +43,9 @@ def assert_matches_schema(document: dict[str, Any]) -> None:
     assert isinstance(document["active"], bool) and isinstance(document["note"], str)
     assert all(isinstance(document[key], (str, type(None))) for key in ("rq_version", "redis_version"))
     assert all(isinstance(defect_id, str) for defect_id in document["unpatched"])
+    assert set(document["undecided"]) <= set(document["unpatched"])
+    assert all(isinstance(line, str) for line in document["verdict"])
+    assert document["ok"] is (document["verdict"] == [])
     for defect in document["defects"]:
         assert defect.keys() == schema["defects"][0].keys()
         assert defect["detected"] in (True, False, None)
@@ -97,6 +100,57 @@ def test_status_exits_1_when_a_probe_cannot_tell_and_the_version_table_says_affe
     (d2,) = [d for d in document["defects"] if d["id"] == "D2"]
     assert d2["detected"] is None and not d2["patched"] and "probe broken on purpose" in d2["reason"]
     assert "D2" in document["unpatched"] and not document["ok"]
+
+
+# A probe that cannot tell, on an RQ past the version table (as after an upgrade): D2 undecided.
+UNDECIDED_D2 = (
+    "import sys, rq_pipeline_fix.detect as detect\n"
+    "detect.LAST_MEASURED_RQ = '0.1'\n"
+    "def cannot_tell(kit): raise detect.ProbeTouchedRedis('the probed code sent a command')\n"
+    "detect.PROBES['D2'] = cannot_tell\n"
+    "from rq_pipeline_fix.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_status_strict_exits_0_when_every_defect_present_is_patched() -> None:
+    shown = cli("status", "--strict", "--json")
+    document = json.loads(shown.stdout)
+    assert_matches_schema(document)
+    assert shown.returncode == 0 and shown.stderr == ""
+    assert document["verdict"] == [] and document["undecided"] == []
+
+
+def test_status_strict_exits_3_under_the_kill_switch_naming_each_defect_on_stderr() -> None:
+    shown = cli("status", "--strict", "--json", RQ_PIPELINE_FIX_DISABLE="1")
+    document = json.loads(shown.stdout)
+    assert_matches_schema(document)
+    assert shown.returncode == 3
+    named = [line.strip() for line in shown.stderr.splitlines()[1:]]
+    assert (
+        named
+        == document["verdict"]
+        == [f"{i} unpatched: disabled by RQ_PIPELINE_FIX_DISABLE" for i in document["unpatched"]]
+    )
+    assert {"D2", "D3"} <= set(document["unpatched"]) and document["undecided"] == []
+
+
+def test_status_strict_exits_3_when_a_probe_cannot_tell_past_the_version_table() -> None:
+    shown = python("-c", UNDECIDED_D2, "status", "--strict")
+    assert shown.returncode == 3
+    assert re.search(
+        r"^  D2 undecided: the probe failed: ProbeTouchedRedis\(.*\); rq \S+ is newer than the version table",
+        shown.stderr,
+        flags=re.MULTILINE,
+    )
+    assert "NOT OK: left unpatched: D2" in shown.stdout
+
+
+def test_status_without_strict_still_exits_1_when_a_defect_is_undecided() -> None:
+    shown = python("-c", UNDECIDED_D2, "status", "--json")
+    document = json.loads(shown.stdout)
+    assert shown.returncode == 1 and document["undecided"] == document["unpatched"] == ["D2"]
+    assert "rq-pipeline-fix strict:" not in shown.stderr
 
 
 # --- demo ---------------------------------------------------------------------------------------

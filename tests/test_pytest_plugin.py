@@ -1,9 +1,11 @@
 """The pytest plugin, in real pytest subprocesses: the guard is on before test modules import rq,
-one header line says what was patched, and ``-p no:rq_pipeline_fix`` or the kill switch keep
-RQ as installed."""
+one header line says what was patched, ``-p no:rq_pipeline_fix`` or the kill switch keep RQ as
+installed, and strict mode stops a session whose RQ is not known to be fully patched."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib import metadata
 
 import pytest
@@ -97,3 +99,139 @@ def test_kill_switch_leaves_rq_as_installed(
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["rq-pipeline-fix: rq *; off (RQ_PIPELINE_FIX_DISABLE is set), RQ untouched"])
     assert landed(connection) == (0, 0, None)
+
+
+# --- strict mode: --rq-pipeline-fix-strict / rq_pipeline_fix_strict -----------------------------
+
+# Counts its runs in Redis: a session stopped at start leaves no count.
+COUNTING_TEST = """
+import os
+
+import redis
+
+
+def test_runs():
+    redis.Redis.from_url(os.environ["REDIS_URL"]).incr("inner-test-runs")
+"""
+
+# A conftest of the inner session, loaded before the session starts and before rq is imported:
+# D2's probe cannot tell, and the installed RQ is past the version table (as after an upgrade).
+UNDECIDED_D2 = """
+import rq_pipeline_fix.detect as detect
+
+detect.LAST_MEASURED_RQ = "0.1"
+
+
+def cannot_tell(kit):
+    raise detect.ProbeTouchedRedis("the probed code sent a command to Redis")
+
+
+detect.PROBES["D2"] = cannot_tell
+"""
+
+STRICT_INI = "[pytest]\nrq_pipeline_fix_strict = true\n"
+
+
+def runs(connection: redis.Redis) -> object:
+    return connection.get("inner-test-runs")
+
+
+def assert_stopped_at_start(result: pytest.RunResult, connection: redis.Redis, *lines: str) -> None:
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: rq-pipeline-fix strict: RQ is not known to be fully patched:", *lines]
+    )
+    assert runs(connection) is None
+
+
+def test_strict_lets_the_session_run_when_every_defect_present_is_patched(
+    inner: pytest.Pytester, connection: redis.Redis
+) -> None:
+    inner.makepyfile(test_inner=COUNTING_TEST)
+    result = inner.runpytest_subprocess("--rq-pipeline-fix-strict")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK and runs(connection) == b"1"
+
+
+def test_strict_under_the_kill_switch_stops_the_session_naming_each_defect(
+    inner: pytest.Pytester, connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RQ_PIPELINE_FIX_DISABLE", "1")
+    inner.makepyfile(test_inner=COUNTING_TEST)
+    result = inner.runpytest_subprocess("--rq-pipeline-fix-strict")
+    assert_stopped_at_start(
+        result,
+        connection,
+        "  D2 unpatched: disabled by RQ_PIPELINE_FIX_DISABLE",
+        "  D3 unpatched: disabled by RQ_PIPELINE_FIX_DISABLE",
+    )
+
+
+def test_strict_ini_option_stops_the_session_as_the_flag_does(
+    inner: pytest.Pytester, connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RQ_PIPELINE_FIX_DISABLE", "1")
+    inner.makeini(STRICT_INI)
+    inner.makepyfile(test_inner=COUNTING_TEST)
+    result = inner.runpytest_subprocess()
+    assert_stopped_at_start(result, connection, "  D2 unpatched: disabled by RQ_PIPELINE_FIX_DISABLE")
+
+
+def test_strict_stops_the_session_when_a_probe_cannot_tell_past_the_version_table(
+    inner: pytest.Pytester, connection: redis.Redis
+) -> None:
+    inner.makeconftest(UNDECIDED_D2)
+    inner.makepyfile(test_inner=COUNTING_TEST)
+    result = inner.runpytest_subprocess("--rq-pipeline-fix-strict")
+    assert_stopped_at_start(
+        result,
+        connection,
+        "  D2 undecided: the probe failed: ProbeTouchedRedis(*); rq * is newer than the version table",
+    )
+    result.stderr.no_fnmatch_line("  D3 *")  # probed, reproduced and patched as usual
+
+
+def test_without_strict_an_undecided_defect_leaves_the_session_running(
+    inner: pytest.Pytester, connection: redis.Redis
+) -> None:
+    inner.makeconftest(UNDECIDED_D2)
+    inner.makepyfile(test_inner=COUNTING_TEST)
+    result = inner.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["rq-pipeline-fix: *; NOT patched: D2 (see `rq-pipeline-fix status`)"])
+    assert runs(connection) == b"1"
+
+
+def test_help_still_works_with_strict_set_and_failing(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RQ_PIPELINE_FIX_DISABLE", "1")
+    inner.makeini(STRICT_INI)
+    result = inner.runpytest_subprocess("--help")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        ["rq-pipeline-fix:", "  --rq-pipeline-fix-strict*", "  rq_pipeline_fix_strict *"]
+    )
+
+
+def test_p_no_rq_pipeline_fix_means_no_strict_check(
+    inner: pytest.Pytester, connection: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RQ_PIPELINE_FIX_DISABLE", "1")
+    inner.makeini(STRICT_INI)
+    inner.makepyfile(test_inner=COUNTING_TEST)
+    result = inner.runpytest_subprocess("-p", "no:rq_pipeline_fix")
+    result.assert_outcomes(passed=1, warnings=1)  # pytest's: unknown config option
+    assert runs(connection) == b"1"
+
+
+def test_pytest_strict_and_status_strict_name_the_same_defects(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RQ_PIPELINE_FIX_DISABLE", "1")
+    inner.makepyfile(test_inner=COUNTING_TEST)
+    from_pytest = inner.runpytest_subprocess("--rq-pipeline-fix-strict").stderr.lines
+    command = [sys.executable, "-m", "rq_pipeline_fix", "status", "--strict"]
+    from_status = subprocess.run(command, capture_output=True, text=True, timeout=120).stderr.splitlines()
+    named = [line for line in from_status if line.startswith("  D")]
+    assert named and [line for line in from_pytest if line.startswith("  D")] == named
