@@ -250,8 +250,6 @@ assert sys.modules["sitecustomize"].__file__.startswith(sys.argv[1]), "the boots
 assert "rq" not in sys.modules
 import rq_pipeline_fix
 import rq_pipeline_fix.pytest_plugin
-from rq_pipeline_fix.runner import bootstrap
-bootstrap()
 import rq
 from rq.queue import Queue
 rq_pipeline_fix.apply()
