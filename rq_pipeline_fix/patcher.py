@@ -165,18 +165,21 @@ _unguarded: list[str] = []  # methods another library replaced without keeping R
 _warned: set[str] = set()
 
 
-def _say_once(message: str) -> None:
+def say_once(message: str) -> None:
+    """Say why, once per reason: a log record and an RQPipelineFixWarning. Never raises: where
+    warnings are errors (``-W error``, a test suite's filterwarnings) the log record says it."""
     if message in _warned:
         return
     _warned.add(message)
     log.warning(message)
-    warnings.warn(f"rq-pipeline-fix: {message}", RQPipelineFixWarning, stacklevel=3)
+    with contextlib.suppress(Exception):  # a warning turned exception must not escape into the host
+        warnings.warn(f"rq-pipeline-fix: {message}", RQPipelineFixWarning, stacklevel=3)
 
 
 def _leave_rq_alone(reason: str) -> None:
     global _note
     _note = reason
-    _say_once(reason)
+    say_once(reason)
 
 
 def apply() -> Status:
@@ -199,8 +202,10 @@ def _apply() -> None:
     with _lock:
         try:
             if complaint:
-                _say_once(complaint)
-            if disabled:
+                say_once(complaint)
+            if disabled and _installed:  # the switch is read when the guard goes on, not after
+                _note = f"{DISABLE_VARIABLE} was set after the guard went on: it stays on until revert()"
+            elif disabled:
                 _note = f"disabled by {DISABLE_VARIABLE}"
             elif not _in_place():
                 _install()
@@ -314,7 +319,7 @@ def _install() -> None:
             return
         elif chain is not None:
             unusable[target.label] = problem or ""
-            _say_once(f"{_what(target)} not patched: {problem}")
+            say_once(f"{_what(target)} not patched: {problem}")
     originals = {t.label: getattr(chain.judged, "__func__", chain.judged) for t, chain in usable.items()}
     if _probed != originals:
         _bound = {t.label: chain.judged.__get__(None, chain.owner) for t, chain in usable.items()}
@@ -328,7 +333,7 @@ def _install() -> None:
             and not is_pending(finding)
             and finding.defect.method not in unusable  # said above
         ):
-            _say_once(f"{finding.defect.id} not patched: {finding.reason}")
+            say_once(f"{finding.defect.id} not patched: {finding.reason}")
     _wanted = True
     _put_on(usable)
     for module in set(awaited.values()) - _awaited:
@@ -365,7 +370,7 @@ def _put_on(usable: dict[Any, Any]) -> None:
             _installed.append(theirs)
             if patched - theirs.patched:
                 missing = ", ".join(sorted(patched - theirs.patched))
-                _say_once(
+                say_once(
                     f"{missing} not patched: the guard another copy of rq-pipeline-fix ({theirs.by}) "
                     f"put on {target.label} does not fix {'them' if ',' in missing else 'it'}"
                 )
@@ -403,7 +408,7 @@ def _confirm(defect_id: str) -> bool:
             (finding,) = detect(_bound, _version("rq"), only={defect_id}, now=True)
             _findings = [finding if f.defect.id == defect_id else f for f in _findings]
             if finding.probe is None:
-                _say_once(f"{defect_id} not patched: {finding.reason}")
+                say_once(f"{defect_id} not patched: {finding.reason}")
         return bool(finding is not None and finding.probe)
 
 
@@ -438,7 +443,7 @@ def _install_late(module: Any) -> None:
                     _bound[target.label] = chain.judged.__get__(None, chain.owner)
                 elif chain is not None:
                     unusable[target.label] = problem or ""
-                    _say_once(f"{_what(target)} not patched: {problem}")
+                    say_once(f"{_what(target)} not patched: {problem}")
             ids = {defect for target in targets for defect in target.defects}
             if ids:
                 found = _undecided_where(unusable, detect(_bound, _version("rq"), only=ids))
@@ -446,7 +451,7 @@ def _install_late(module: Any) -> None:
                 for finding in fresh.values():
                     said = finding.defect.method in unusable  # said above
                     if finding.probe is None and not is_pending(finding) and not said:
-                        _say_once(f"{finding.defect.id} not patched: {finding.reason}")
+                        say_once(f"{finding.defect.id} not patched: {finding.reason}")
                 known = {f.defect.id: f for f in _findings if f.defect.id not in ids}
                 _findings = [
                     known.get(d.id) or fresh[d.id] for d in DEFECTS if d.id in known or d.id in fresh
@@ -454,7 +459,7 @@ def _install_late(module: Any) -> None:
             _put_on(usable)
     except Exception as exc:  # an exception here would fail the host's own import
         with contextlib.suppress(Exception):  # (a warning turned into an error, say)
-            _say_once(f"{module.__name__} left untouched: unexpected error while patching: {exc!r}")
+            say_once(f"{module.__name__} left untouched: unexpected error while patching: {exc!r}")
 
 
 def _guard_of_another_copy(target: Any, chain: Any) -> _Installed | None:
@@ -490,7 +495,7 @@ def revert() -> Status:
                 complaint = f"{installed.target.label}: switched the guard off after an error: {exc!r}"
             if complaint:
                 complaints.append(complaint)
-                _say_once(complaint)
+                say_once(complaint)
         _installed.clear()
         _note = "reverted: " + ("; ".join(complaints) if complaints else "RQ's own methods are back")
         if kept:

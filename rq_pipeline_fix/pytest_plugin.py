@@ -20,7 +20,10 @@ from . import report
 
 def pytest_report_header(config: pytest.Config) -> str:
     # Under the kill switch, say so without importing or probing rq: the switch means hands off.
-    return report.header_line(report.observed_status(probe_when_disabled=False))
+    try:
+        return report.header_line(report.observed_status(probe_when_disabled=False))
+    except Exception as exc:  # a warning turned error (-W error) in rq's import, say: never INTERNALERROR
+        return f"rq-pipeline-fix: no report: {exc!r}"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -224,3 +224,51 @@ def test_one_warning_per_reason(original: Any, recwarn: pytest.WarningsRecorder)
     rq_pipeline_fix.apply()
     rq_pipeline_fix.apply()
     assert len([w for w in recwarn if issubclass(w.category, rq_pipeline_fix.RQPipelineFixWarning)]) == 1
+
+
+def test_apply_with_warnings_as_errors_and_an_odd_kill_switch_value_says_so_and_does_not_raise() -> None:
+    result = run_python(
+        "import rq_pipeline_fix; report = rq_pipeline_fix.apply(); print(report.active, '|', report.note)",
+        RQ_PIPELINE_FIX_DISABLE="maybe",
+        PYTHONWARNINGS="error",
+    )
+    assert result.returncode == 0, result.stderr
+    active, note = result.stdout.split("|")
+    assert active.strip() == "False" and "disabled by RQ_PIPELINE_FIX_DISABLE" in note
+    assert "is not one of" in result.stderr  # the log record still says it
+
+
+REVERT_UNDER_A_PROXY = """
+import rq_pipeline_fix
+from rq.queue import Queue
+
+class Proxy:  # another library's proxy on top of ours, which revert() cannot take ours out of
+    def __init__(self, wrapped):
+        self.__wrapped__ = wrapped
+    def __get__(self, instance, owner):
+        return self.__wrapped__.__get__(instance, owner)
+
+Queue.setup_dependencies = Proxy(Queue.__dict__["setup_dependencies"])
+report = rq_pipeline_fix.revert()
+print(report.active, rq_pipeline_fix.status().active, "|", report.note)
+"""
+
+
+def test_revert_under_a_wrapper_on_top_with_warnings_as_errors_switches_the_guards_off() -> None:
+    result = run_python(REVERT_UNDER_A_PROXY, PYTHONWARNINGS="error")
+    assert result.returncode == 0, result.stderr
+    states, note = result.stdout.split("|")
+    assert states.split() == ["False", "False"]
+    assert "switched the guard off in place" in note
+
+
+def test_kill_switch_set_after_the_guard_went_on_is_reported_as_such() -> None:
+    result = run_python(
+        "import os, rq_pipeline_fix, rq;"
+        "os.environ['RQ_PIPELINE_FIX_DISABLE'] = '1';"
+        "report = rq_pipeline_fix.apply(); print(report.active, '|', report.note)"
+    )
+    assert result.returncode == 0, result.stderr
+    active, note = result.stdout.split("|")
+    assert active.strip() == "True"
+    assert "set after the guard went on" in note and "disabled by" not in note

@@ -235,3 +235,13 @@ def test_pytest_strict_and_status_strict_name_the_same_defects(
     from_status = subprocess.run(command, capture_output=True, text=True, timeout=120).stderr.splitlines()
     named = [line for line in from_status if line.startswith("  D")]
     assert named and [line for line in from_pytest if line.startswith("  D")] == named
+
+
+def test_report_header_with_warnings_as_errors_is_a_line_not_an_internal_error(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_inner_test(inner, guarded=False)
+    monkeypatch.setenv("RQ_PIPELINE_FIX_DISABLE", "maybe")  # a complaint, as a warning
+    result = inner.runpytest_subprocess("-W", "error")
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["rq-pipeline-fix: rq *; off (RQ_PIPELINE_FIX_DISABLE is set), RQ untouched"])
