@@ -174,7 +174,7 @@ class ScheduleThroughPipeline(_Wrapper):
             return wrapped(*args, **kwargs)
         registry = copy.copy(instance)
         registry.connection = pipe
-        return wrapped.__func__(registry, *args, **kwargs)
+        return _function_of(wrapped)(registry, *args, **kwargs)  # also when called by its class
 
 
 class CheckedGuard(Guard):

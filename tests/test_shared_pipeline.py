@@ -263,6 +263,25 @@ def test_aborted_batch_leaves_no_scheduled_entry_behind(connection: redis.Redis)
     assert connection.keys("*") == []
 
 
+def test_explicit_base_class_call_of_schedule_from_a_subclass_stays_in_the_pipeline(
+    connection: redis.Redis,
+) -> None:
+    class AuditedRegistry(ScheduledJobRegistry):  # a subclass that calls RQ's method by its class
+        def schedule(self, job: Job, when: datetime, pipeline: object = None) -> object:
+            connection.incr("audited")
+            return ScheduledJobRegistry.schedule(self, job, when, pipeline=pipeline)
+
+    (default,) = queues(connection, "default")
+    job = default.create_job(record, args=("later",))
+    registry = AuditedRegistry(queue=default)
+    with connection.pipeline() as pipe:
+        pipe.multi()
+        registry.schedule(job, datetime.now(timezone.utc) + timedelta(minutes=5), pipeline=pipe)
+        before_execute = registry.get_job_ids()
+        pipe.execute()
+    assert (before_execute, registry.get_job_ids(), connection.get("audited")) == ([], [job.id], b"1")
+
+
 def test_redis_transaction_retries_and_enqueues_exactly_once(
     connection: redis.Redis, other_client: redis.Redis
 ) -> None:
