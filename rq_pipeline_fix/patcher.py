@@ -151,9 +151,10 @@ def _replaced(chain: Any) -> str:
 
 
 _lock = threading.RLock()
-_reinit_lock = getattr(_lock, "_at_fork_reinit", None)
-if _reinit_lock is not None:  # a child forked while another thread held the lock gets a free one
-    os.register_at_fork(after_in_child=_reinit_lock)
+# A fork waits for apply()/revert() in other threads to finish (a child forked half-way through
+# would inherit a torn set of wrappers, and records saying they are all in place); the forking
+# thread, which then holds the lock, is the child's only thread and releases it there too.
+os.register_at_fork(before=_lock.acquire, after_in_parent=_lock.release, after_in_child=_lock.release)
 _installed: list[_Installed] = []
 _findings: list[Any] = []  # detect.Finding, probed once per set of original methods
 _probed: dict[str, object] = {}  # label -> the original attribute the findings were probed on
