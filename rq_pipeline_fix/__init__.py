@@ -37,16 +37,17 @@ def __getattr__(name: str) -> Any:  # PEP 562: load the API on first use
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _apply_when_rq_is_imported(module: object) -> None:
+def _apply_when_rq_is_imported(module: object) -> bool:
+    """The import hook's callback; False: try again at the next import (see importhook)."""
     try:
         from .patcher import apply_from_hook
 
-        apply_from_hook()
+        return apply_from_hook(module)
     except Exception:  # an exception here would fail the host's own `import rq`
-        pass  # apply_from_hook reports its own failures; this only guards importing it
+        return True  # apply_from_hook reports its own failures; this only guards importing it
 
 
 try:  # noqa: SIM105  (contextlib.suppress would mean importing contextlib at start-up)
-    when_imported("rq.queue", _apply_when_rq_is_imported)
+    when_imported("rq.queue", _apply_when_rq_is_imported, every_load=True)  # reloads too
 except Exception:  # never break the host's start-up
     pass

@@ -3,7 +3,20 @@
 The same idea as ``wrapt.register_post_import_hook``, written out because importing wrapt 2.x
 pulls in asyncio, inspect and importlib.metadata (tens of milliseconds), and ``import
 rq_pipeline_fix`` must stay nearly free for processes that never import rq. wrapt itself is
-only imported once rq is, to wrap RQ's methods.
+only imported once rq is, to wrap RQ's methods. Unlike wrapt's, the hook does not depend on
+being the finder that finds the module, and a callback may ask to be tried again later:
+
+- **Right after the module's code ran**, when our finder is the one asked for it: it wraps the
+  loader that the other finders give (first import, and ``importlib.reload``).
+- **Else at the next import of anything**, by noticing the module in ``sys.modules``: another
+  finder ahead of ours may find it itself (typeguard's, beartype's, an APM agent's), or the
+  module may have been half-imported by another thread when we looked.
+- **Else when asked** (``poll``): the patcher's ``apply()`` and ``status()`` do.
+
+A callback returns whether it is done; False (it could not act safely now: another thread holds
+what it needs, or a module it needs is still being imported) keeps it waiting. A callback never
+imports a module that another thread may be importing: that is how two threads importing rq at
+once deadlocked (issue 15).
 """
 
 from __future__ import annotations
@@ -15,50 +28,124 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-    Callback = Callable[[Any], None]
+    Callback = Callable[[Any], bool]
 
 
-def when_imported(name: str, callback: Callback) -> None:
-    """Call ``callback(module)`` now if ``name`` is imported, else right after its import."""
+class _Wait:
+    """A callback waiting for ``name``. ``every_load``: also after each ``importlib.reload``
+    (it stays registered); ``done``: it ran for the module as it is now."""
+
+    __slots__ = ("callback", "done", "every_load", "name")
+
+    def __init__(self, name: str, callback: Callback, every_load: bool) -> None:
+        self.name, self.callback, self.every_load, self.done = name, callback, every_load, False
+
+
+def when_imported(name: str, callback: Callback, every_load: bool = False) -> None:
+    """Call ``callback(module)`` once ``name`` has been imported (now if it is), until it returns
+    True; with ``every_load``, again after each reload of the module that our finder sees."""
+    wait = _Wait(name, callback, every_load)
+    _finder.waits.append(wait)
+    if sys.meta_path[:1] != [_finder]:  # first, where we can: then the loader is hooked at once
+        if _finder in sys.meta_path:
+            sys.meta_path.remove(_finder)
+        sys.meta_path.insert(0, _finder)
     module = sys.modules.get(name)
-    if module is not None:
-        callback(module)
+    if module is not None and not _initialising(module):
+        _run(wait, module)
+
+
+def poll() -> None:
+    """Run the callbacks whose module has been imported since they were registered or last
+    declined (the import was found by another finder, or they had to wait)."""
+    for wait in list(_finder.waits):
+        module = sys.modules.get(wait.name)
+        if not wait.done and module is not None and not _initialising(module):
+            _run(wait, module)
+
+
+def _run(wait: _Wait, module: Any) -> None:
+    if get_ident() in _finder.running:  # a callback's own imports: never re-entered
         return
-    sys.meta_path.insert(0, _PostImportFinder(name, callback))
+    _finder.running.add(get_ident())
+    try:
+        wait.done = bool(wait.callback(module))
+    except Exception:  # it would fail the host's import: a callback that raises is dropped
+        wait.done = True
+    finally:
+        _finder.running.discard(get_ident())
+    if wait.done and not wait.every_load:
+        try:  # another thread may have run and removed it meanwhile
+            _finder.waits.remove(wait)
+            if not _finder.waits:
+                sys.meta_path.remove(_finder)
+        except ValueError:
+            pass
 
 
-class _PostImportFinder:
-    """A meta path finder that lets the other finders find ``name`` and hooks the loader.
+def is_initialised(name: str) -> bool:
+    """``name`` is imported and its module code has run to the end."""
+    module = sys.modules.get(name)
+    return module is not None and not _initialising(module)
 
-    It stays in ``sys.meta_path`` until the module has been imported once (a failed import
-    leaves it for the next attempt), then removes itself.
-    """
 
-    def __init__(self, name: str, callback: Callback) -> None:
-        self.name = name
-        self.callback = callback
-        self._finding: set[int] = set()  # threads in our own find_spec, which must not find us again
+def imported_elsewhere(prefix: str, but: str | None = None) -> bool:
+    """Another thread is importing a module named ``prefix``... (other than ``but``): it holds
+    that module's import lock (taken before the module is even found), so importing it here
+    could deadlock. Where importlib keeps no such record, any module of those still running
+    counts."""
+    try:
+        from importlib import _bootstrap
+
+        locks = list(_bootstrap._module_locks.items())  # type: ignore[attr-defined]
+    except Exception:
+        modules = list(sys.modules.items())
+        return any(name.startswith(prefix) and name != but and _initialising(m) for name, m in modules)
+    for name, reference in locks:
+        lock = reference() if name.startswith(prefix) and name != but else None
+        if getattr(lock, "owner", None) not in (None, get_ident()):
+            return True
+    return False
+
+
+def initialising(module: Any) -> bool:
+    """``module``'s code is running: it is being imported, by this thread or another."""
+    return _initialising(module)
+
+
+def _initialising(module: Any) -> bool:
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+class _Finder:
+    """The meta path finder: finds nothing itself. Asked for a name a callback waits for, it
+    hooks the loader the other finders give; asked for anything, it first runs the callbacks
+    whose module has turned up in ``sys.modules`` meanwhile."""
+
+    def __init__(self) -> None:
+        self.waits: list[_Wait] = []
+        self.running: set[int] = set()  # threads inside a callback or our own find_spec
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname != self.name or get_ident() in self._finding:
+        if get_ident() in self.running:
             return None
-        self._finding.add(get_ident())
+        if any(not wait.done for wait in self.waits):
+            poll()
+        waits = [wait for wait in self.waits if wait.name == fullname]
+        if not waits:
+            return None
+        self.running.add(get_ident())
         try:
             spec = _spec_from_other_finders(self, fullname, path, target)
         finally:
-            self._finding.discard(get_ident())
+            self.running.discard(get_ident())
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return None
-        spec.loader = _CallbackLoader(spec.loader, self)
+        spec.loader = _CallbackLoader(spec.loader, waits)
         return spec
 
-    def imported(self, module: Any) -> None:
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        self.callback(module)
 
-
-def _spec_from_other_finders(hook: _PostImportFinder, fullname: str, path: Any, target: Any) -> Any:
+def _spec_from_other_finders(hook: _Finder, fullname: str, path: Any, target: Any) -> Any:
     for finder in list(sys.meta_path):
         find_spec = getattr(finder, "find_spec", None)
         if finder is hook or find_spec is None:
@@ -71,11 +158,11 @@ def _spec_from_other_finders(hook: _PostImportFinder, fullname: str, path: Any, 
 
 class _CallbackLoader:
     """Wraps the real loader for one import: runs the module, puts the real loader back on it,
-    then calls the callback."""
+    then calls the callbacks (a failed import leaves them waiting for the next attempt)."""
 
-    def __init__(self, loader: Any, hook: _PostImportFinder) -> None:
+    def __init__(self, loader: Any, waits: list[_Wait]) -> None:
         self.loader = loader
-        self.hook = hook
+        self.waits = waits
 
     def create_module(self, spec: Any) -> Any:
         return self.loader.create_module(spec)
@@ -85,51 +172,15 @@ class _CallbackLoader:
         if getattr(module, "__spec__", None) is not None:
             module.__spec__.loader = self.loader
         self.loader.exec_module(module)
-        self.hook.imported(module)
+        for wait in self.waits:  # the module's code ran: a reload makes each wait afresh
+            wait.done = False
+            _run(wait, module)
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_resource_reader, ...
         return getattr(self.loader, name)
 
 
-def is_initialised(name: str) -> bool:
-    """``name`` is imported and its module code has run to the end."""
-    module = sys.modules.get(name)
-    return module is not None and not _initialising(module)
-
-
-def _initialising(module: Any) -> bool:
-    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
-
-
-def when_initialised(name: str, callback: Callback) -> None:
-    """``when_imported``, but never with a module whose code is still running: when ``name`` is
-    being imported right now (it is what imports rq, say), ``callback`` runs at the first import
-    that starts after it finished."""
-    module = sys.modules.get(name)
-    if module is None or not _initialising(module):
-        when_imported(name, callback)
-    else:
-        sys.meta_path.insert(0, _AfterImportFinder(name, callback))
-
-
-class _AfterImportFinder:
-    """A meta path finder that finds nothing: it only looks, at each import, whether ``name``
-    has finished importing, and then hands it over once and removes itself."""
-
-    def __init__(self, name: str, callback: Callback) -> None:
-        self.name = name
-        self.callback: Callback | None = callback
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        callback = self.callback
-        module = sys.modules.get(self.name)
-        if callback is None or module is None or _initialising(module):
-            return None
-        self.callback = None  # once, even if two threads get here together
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        callback(module)
-        return None
+_finder = _Finder()
 
 
 def weakly(callback: Callback) -> Callback:
@@ -141,9 +192,8 @@ def weakly(callback: Callback) -> Callback:
 
     held = ref(callback)
 
-    def call(module: Any) -> None:
+    def call(module: Any) -> bool:
         function = held()
-        if function is not None:
-            function(module)
+        return True if function is None else function(module)
 
     return call

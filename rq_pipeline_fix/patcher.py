@@ -159,8 +159,10 @@ _installed: list[_Installed] = []
 _findings: list[Any] = []  # detect.Finding, probed once per set of original methods
 _probed: dict[str, object] = {}  # label -> the original attribute the findings were probed on
 _bound: dict[str, Any] = {}  # label -> that original, bound as RQ calls it (the probes' input)
-_awaited: set[str] = set()  # modules of late targets whose import we wait for (see guard.Target.late)
+_awaited: set[str] = set()  # modules of targets whose import (or its end) we wait for
 _wanted = False  # apply() is in force: a late target is patched when its module is imported
+_reverted = False  # revert() was called: the import hook (a reload of rq.queue) does not re-apply
+_busy = False  # this thread is applying: a hook that fires from inside (a probe's import) waits
 _note = "not applied yet: rq.queue has not been imported"
 _unguarded: list[str] = []  # methods another library replaced without keeping RQ's, left unguarded
 _warned: set[str] = set()
@@ -188,40 +190,109 @@ def apply() -> Status:
 
     Imports ``rq.queue``. Safe to call any number of times, from any thread; never raises.
     """
-    _apply()
+    global _reverted
+    disabled, complaint = patching_disabled()
+    problem = None if disabled else _import_targets()
+    _poll()  # import hooks that had to wait (another finder found rq, another thread held a lock)
+    with _lock:
+        _reverted = False
+        _apply(disabled, complaint, None, problem)
+    _poll()  # hooks that fired while we held the lock
     return status()
 
 
-def _apply() -> None:
-    global _note
-    disabled, complaint = patching_disabled()
-    if not disabled:
-        # Import before taking our lock: a first `import rq` in another thread holds the
-        # module's import lock while its hook waits for ours (an ABBA deadlock otherwise).
-        with contextlib.suppress(Exception):  # _install says why rq cannot be used
-            import rq.queue  # noqa: F401
-    with _lock:
-        try:
-            if complaint:
-                say_once(complaint)
-            if disabled and _installed:  # the switch is read when the guard goes on, not after
-                _note = f"{DISABLE_VARIABLE} was set after the guard went on: it stays on until revert()"
-            elif disabled:
-                _note = f"disabled by {DISABLE_VARIABLE}"
-            elif not _in_place():
-                _install()
-        except Exception as exc:  # the host must never break because of us
-            _leave_rq_alone(f"left RQ untouched: unexpected error while patching: {exc!r}")
+def _import_targets() -> str | None:
+    """Import ``rq.queue`` and the modules of RQ's other targets, before taking our lock: nothing
+    imports under it. A first ``import rq`` in another thread holds module locks while its hook
+    waits for ours (an ABBA deadlock otherwise). Returns why rq cannot be imported, if so."""
+    try:
+        import rq.queue  # noqa: F401
+
+        from .guard import TARGETS  # imports redis-py
+    except Exception as exc:
+        return f"rq cannot be imported ({exc!r})"
+    for module in {target.module for target in TARGETS if not target.late}:
+        with contextlib.suppress(Exception):  # this RQ has no such module: _install says so
+            importlib.import_module(module)
+    return None
+
+
+def _apply(disabled: bool, complaint: str | None, firing: str | None, problem: str | None = None) -> bool:
+    """apply() under the lock, also for the import hook of module ``firing`` (its code has run,
+    the import is not over). Returns False where it must be tried again later: a module it needs
+    is being imported by another thread, or a lock of the import system is held."""
+    global _note, _busy
+    if _busy:
+        return False
+    _busy = True
+    try:
+        if complaint:
+            say_once(complaint)
+        if disabled and _installed:  # the switch is read when the guard goes on, not after
+            _note = f"{DISABLE_VARIABLE} was set after the guard went on: it stays on until revert()"
+        elif disabled:
+            _note = f"disabled by {DISABLE_VARIABLE}"
+        elif problem is not None:
+            _leave_rq_alone(f"left RQ untouched: {problem}")
+        elif not _in_place():
+            return _install(firing)
+        return True
+    except Exception as exc:  # the host must never break because of us
+        if _try_again_later(exc):
+            _note = f"not applied yet, tried again at the next import or call: {exc!r}"
+            return False
+        _leave_rq_alone(f"left RQ untouched: unexpected error while patching: {exc!r}")
+        return True
+    finally:
+        _busy = False
+
+
+def _ran_into_an_import(finding: Any) -> bool:
+    """A probe that failed on an import under way (RQ's code imports rq modules as it runs):
+    another thread's (a deadlock error), or a module of rq's still half-way (an ImportError).
+    Not a verdict on RQ: the probe is run again once the imports are over."""
+    if finding.probe is not None:
+        return False
+    if "_DeadlockError(" in finding.note:
+        return True
+    from .importhook import initialising
+
+    half_way = any(name.startswith("rq.") and initialising(m) for name, m in list(sys.modules.items()))
+    return half_way and "ImportError(" in finding.note
+
+
+def _try_again_later(exc: Exception) -> bool:
+    """An import that could not be finished now (importlib's _DeadlockError, an ImportError of a
+    module another thread is still importing), as opposed to something wrong with RQ."""
+    return isinstance(exc, ImportError) or type(exc).__name__ == "_DeadlockError"
+
+
+def _rq_import_under_way(firing: str | None) -> bool:
+    """Another thread is importing a module of rq's (other than ``firing``). The probes run RQ
+    code, which imports rq modules as it goes: it would wait for that import while that import
+    waits for the module we are in, and one of the two would fail with a deadlock error (issue
+    15: two threads' first ``import rq.queue`` and ``import rq.registry``). The guard goes on
+    when that import is over."""
+    from .importhook import imported_elsewhere
+
+    return imported_elsewhere("rq.", but=firing)
+
+
+def _ready(module: str, firing: str | None) -> bool:
+    """``module``'s code has run to the end (or it is the module whose import hook is firing):
+    its classes may be read. Never imports it."""
+    from .importhook import is_initialised
+
+    return module == firing or is_initialised(module)
 
 
 def _find(target: Any, chain_of: Callable[[Any, str], Any]) -> Any:
     """The chain of wrappers on ``target`` down to RQ's own function (neighbours.Chain), or None
-    where this RQ does not define the method. ``owner`` "" is the module itself (a module-level
-    function). A target without defects fixes a neighbour of RQ's: its own function is the
-    neighbour's, not RQ's."""
-    try:
-        module = importlib.import_module(target.module)
-    except ImportError:
+    where this RQ does not define the method (or its module is not imported: the caller awaits
+    it; nothing is imported here). ``owner`` "" is the module itself (a module-level function).
+    A target without defects fixes a neighbour of RQ's: its own function is the neighbour's."""
+    module = sys.modules.get(target.module)
+    if module is None:
         return None
     owner = getattr(module, target.owner, None) if target.owner else module
     if not (isinstance(owner, type) or owner is module) or target.name not in owner.__dict__:
@@ -284,30 +355,52 @@ def _chains() -> list[tuple[_Installed, Any]]:
 
 
 def _in_place() -> bool:
-    """Every guard we put on is still there and on (a neighbour's unpatch may have taken one off)."""
-    return bool(_installed) and all(installed.problem(chain) is None for installed, chain in _chains())
+    """Every guard we put on is still there and on (a neighbour's unpatch may have taken one off),
+    and its class is still the one its module has (not replaced by ``importlib.reload``)."""
+    return (
+        bool(_installed)
+        and all(installed.problem(chain) is None for installed, chain in _chains())
+        and not _reloaded()
+    )
 
 
-def _install() -> None:
+def _owner_now(target: Any) -> Any:
+    module = sys.modules.get(target.module)
+    return getattr(module, target.owner, None) if target.owner else module
+
+
+def _reloaded() -> list[str]:
+    """The guarded methods whose module was reloaded since: its class is a new, unguarded one."""
+    guarded = {(installed.target, installed.owner) for installed in _installed}
+    return sorted(
+        {
+            f"{target.label}: {target.module} was reloaded since the guard went on, its new "
+            f"{target.owner or 'module'} is unguarded; apply() guards it"
+            for target, owner in guarded
+            if _owner_now(target) is not None
+            and _owner_now(target) is not owner
+            and (target, _owner_now(target)) not in guarded
+        }
+    )
+
+
+def _install(firing: str | None) -> bool:
+    """Probe and guard what the imported RQ has; await the targets whose module is not imported
+    yet. Returns False where rq.queue itself is still being imported by another thread."""
     global _findings, _probed, _bound, _wanted
-    try:
-        import rq.queue  # noqa: F401
-    except Exception as exc:
-        _leave_rq_alone(f"left RQ untouched: rq cannot be imported ({exc!r})")
-        return
-    if _in_place():  # importing rq.queue just now ran our import hook, which applied the guards
-        return
     from .detect import NOT_IMPORTED_YET, detect, is_pending
     from .guard import SETUP_DEPENDENCIES, TARGETS
-    from .importhook import is_initialised
     from .neighbours import chain_of
+
+    if not _ready(SETUP_DEPENDENCIES.module, firing) or _rq_import_under_way(firing):
+        return False
 
     for stale in [installed for installed, chain in _chains() if installed.problem(chain)]:
         stale.guard.enabled = False  # gone, or switched off by another copy: a new one goes on below
         _installed.remove(stale)
-    awaited = {
-        t: t.module for t in TARGETS if t.late and not is_initialised(t.module) and _may_come(t.module)
-    }
+    # Never imported from here (we may be inside rq's import, another thread inside another's):
+    # a target whose module is not imported yet, or half-way, is guarded when its import is over.
+    awaited = {t: t.module for t in TARGETS if not _ready(t.module, firing) and _may_come(t.module)}
     usable: dict[Any, Any] = {}
     unusable: dict[str, str] = {}
     for target in TARGETS:
@@ -317,7 +410,7 @@ def _install() -> None:
             usable[target] = chain
         elif target is SETUP_DEPENDENCIES:
             _leave_rq_alone(f"left RQ untouched: {problem}")
-            return
+            return True
         elif chain is not None:
             unusable[target.label] = problem or ""
             say_once(f"{_what(target)} not patched: {problem}")
@@ -326,6 +419,8 @@ def _install() -> None:
         _bound = {t.label: chain.judged.__get__(None, chain.owner) for t, chain in usable.items()}
         labels = {target.label: module for target, module in awaited.items()}
         findings = detect(_bound, _version("rq"), awaited=labels)
+        if any(map(_ran_into_an_import, findings)):
+            return False
         _findings, _probed = _undecided_where(unusable, findings), originals
     for finding in _findings:
         if (
@@ -339,7 +434,8 @@ def _install() -> None:
     _put_on(usable)
     for module in set(awaited.values()) - _awaited:
         _awaited.add(module)
-        _when_initialised(module, _install_late)
+        _when_imported(module, _install_late)
+    return True
 
 
 def _undecided_where(unusable: dict[str, str], findings: list[Any]) -> list[Any]:
@@ -361,10 +457,10 @@ def _put_on(usable: dict[Any, Any]) -> None:
     from .detect import is_pending
 
     detected = frozenset(f.defect.id for f in _findings if f.probe or is_pending(f))
-    guarded = {installed.target for installed in _installed}
+    guarded = {(installed.target, installed.owner) for installed in _installed}
     for target, chain in usable.items():
         patched = detected & frozenset(target.defects)
-        if target in guarded:
+        if (target, chain.owner) in guarded:
             continue
         theirs = _guard_of_another_copy(target, chain) if chain.layers else None
         if theirs is not None:
@@ -413,26 +509,36 @@ def _confirm(defect_id: str) -> bool:
         return bool(finding is not None and finding.probe)
 
 
-def _when_initialised(module: str, callback: Any) -> None:
-    from .importhook import weakly, when_initialised
+def _when_imported(module: str, callback: Any) -> None:
+    from .importhook import weakly, when_imported
 
-    when_initialised(module, weakly(callback))
+    when_imported(module, weakly(callback))
 
 
-def _install_late(module: Any) -> None:
-    """Import hook for a late target's module (rq.group, django_rq.queues): probe and wrap its
-    targets, if the guard is still wanted. Never raises into the host's import."""
-    global _findings
+def _install_late(module: Any) -> bool:
+    """Import hook for an awaited target's module (rq.group, django_rq.queues, or one that was
+    not imported yet or half-way when the guard went on): probe and wrap its targets, if the
+    guard is still wanted. Never raises into the host's import; False: try again later."""
+    global _findings, _busy
+    if not _lock.acquire(blocking=False):  # another thread is applying: it polls when done
+        return False
     try:
-        with _lock:
+        from .detect import DEFECTS, detect, is_pending
+        from .guard import SETUP_DEPENDENCIES, TARGETS
+        from .neighbours import chain_of
+
+        if (
+            _busy
+            or not _ready(SETUP_DEPENDENCIES.module, module.__name__)
+            or _rq_import_under_way(module.__name__)
+        ):
+            return False  # the probes need rq.queue whole, and no rq import under way
+        _busy = True
+        try:
             _awaited.discard(module.__name__)
             if not _wanted:
-                return
-            from .detect import DEFECTS, detect, is_pending
-            from .guard import TARGETS
-            from .neighbours import chain_of
-
-            targets = [t for t in TARGETS if t.late and t.module == module.__name__]
+                return True
+            targets = [t for t in TARGETS if t.module == module.__name__ and t.label not in _probed]
             usable: dict[Any, Any] = {}
             unusable: dict[str, str] = {}
             for target in targets:
@@ -448,6 +554,11 @@ def _install_late(module: Any) -> None:
             ids = {defect for target in targets for defect in target.defects}
             if ids:
                 found = _undecided_where(unusable, detect(_bound, _version("rq"), only=ids))
+                if any(map(_ran_into_an_import, found)):
+                    for target in targets:
+                        _probed.pop(target.label, None)
+                    _awaited.add(module.__name__)
+                    return False
                 fresh = {f.defect.id: f for f in found}
                 for finding in fresh.values():
                     said = finding.defect.method in unusable  # said above
@@ -458,9 +569,17 @@ def _install_late(module: Any) -> None:
                     known.get(d.id) or fresh[d.id] for d in DEFECTS if d.id in known or d.id in fresh
                 ]
             _put_on(usable)
+        finally:
+            _busy = False
     except Exception as exc:  # an exception here would fail the host's own import
-        with contextlib.suppress(Exception):  # (a warning turned into an error, say)
+        if _try_again_later(exc):
+            _awaited.add(module.__name__)
+            return False
+        with contextlib.suppress(Exception):
             say_once(f"{module.__name__} left untouched: unexpected error while patching: {exc!r}")
+    finally:
+        _lock.release()
+    return True
 
 
 def _guard_of_another_copy(target: Any, chain: Any) -> _Installed | None:
@@ -482,9 +601,9 @@ def revert() -> Status:
     taken out from beneath them, or, where it cannot be, switched off in place and the status
     says so. Never raises.
     """
-    global _note, _wanted
+    global _note, _wanted, _reverted
     with _lock:
-        _wanted = False
+        _wanted, _reverted = False, True
         if not _installed:
             return status()
         kept = sorted({installed.target.label for installed, chain in _chains() if chain.others()})
@@ -508,6 +627,7 @@ def status() -> Status:
     """A report of the versions, each defect, and what was patched. Does not import rq."""
     from .report import DefectStatus, Status  # not at rq's import: the hook builds no report
 
+    _poll()  # an import hook that had to wait (another finder found rq, say) acts now
     with _lock:
         for installed in _installed:  # a report says what is so: probe the lazy defects now
             for defect_id in installed.patched:
@@ -516,12 +636,13 @@ def status() -> Status:
         seen = [(installed, chain, installed.problem(chain)) for installed, chain in _chains()]
         in_place = [installed for installed, _chain, problem in seen if problem is None]
         patched = found & frozenset().union(*(installed.patched for installed in in_place))
-        problems = [problem for _installed, _chain, problem in seen if problem]
+        reloaded = _reloaded()
+        problems = [problem for _installed, _chain, problem in seen if problem] + reloaded
         alongside = [_alongside(installed, chain) for installed, chain, _problem in seen]
         return Status(
             rq_version=_version("rq"),
             redis_version=_version("redis"),
-            active=bool(in_place),
+            active=bool(in_place) and not reloaded,
             note="; ".join([_note, *problems]),
             defects=tuple(
                 DefectStatus(
@@ -538,10 +659,30 @@ def status() -> Status:
         )
 
 
-def apply_from_hook() -> None:
-    """``apply()`` for the import hook, which must never raise into the host's ``import rq``, and
-    which builds no report: that would import ``packaging`` into every process using rq."""
+def apply_from_hook(module: Any) -> bool:
+    """``apply()`` for the import hook of rq.queue (``module``, whose code has just run, or a
+    reload of it): never raises into the host's import, never imports, never waits for our lock,
+    and builds no report (that would import ``packaging`` into every process using rq). Returns
+    False to be tried again at the next import, ``apply()`` or ``status()``: another thread
+    holds our lock, or a module the guards need is being imported."""
+    if not _lock.acquire(blocking=False):
+        return False
     try:
-        _apply()
+        if _reverted:  # revert() was called: a reload does not undo it
+            return True
+        disabled, complaint = patching_disabled()
+        return _apply(disabled, complaint, module.__name__)
     except Exception as exc:
-        _leave_rq_alone(f"left RQ untouched: {exc!r}")
+        with contextlib.suppress(Exception):
+            _leave_rq_alone(f"left RQ untouched: {exc!r}")
+        return True
+    finally:
+        _lock.release()
+
+
+def _poll() -> None:
+    """Run the import hooks that are waiting (importhook.poll); outside our lock."""
+    from .importhook import poll
+
+    with contextlib.suppress(Exception):
+        poll()
