@@ -487,8 +487,10 @@ def _put_on(usable: dict[Any, Any]) -> None:
         _note = "nothing to do: the installed RQ has none of the defects the guards fix"
         return
     _note = "; ".join(
-        f"guard on {i.target.label}" + (f" for {', '.join(sorted(i.patched))}" if i.patched else "")
-        for i in _installed
+        dict.fromkeys(  # once per method: after a reload, its old class and its new one are guarded
+            f"guard on {i.target.label}" + (f" for {', '.join(sorted(i.patched))}" if i.patched else "")
+            for i in _installed
+        )
     )
     log.debug(_note)
 
