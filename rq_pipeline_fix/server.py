@@ -73,8 +73,10 @@ def embedded_redis_server(executable: str, attempts: int = 3, arguments: Sequenc
     """
     with tempfile.TemporaryDirectory(prefix="rq-pipeline-fix-redis-") as directory:
         failures: list[str] = []
+        # A cluster node also listens on port + 10000 (its bus): Redis refuses a port above 55535.
+        highest = 55535 if "--cluster-enabled" in arguments else 65535
         for _ in range(attempts):
-            port = _free_port()
+            port = _free_port(highest)
             process, log_path = _start(executable, port, Path(directory), arguments)
             try:
                 if _wait_until_ready(process, port):
@@ -86,10 +88,19 @@ def embedded_redis_server(executable: str, attempts: int = 3, arguments: Sequenc
         raise RuntimeError(f"{executable} did not start: {failures[-1] if failures else 'no output'}")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_port(highest: int = 65535) -> int:
+    """A port of 127.0.0.1 free right now, at most ``highest``: the system's pick (port 0) when it
+    fits, else the first free one counting down from ``highest``."""
+    for port in (0, *range(highest, 1024, -1)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            found = int(sock.getsockname()[1])
+        if found <= highest:
+            return found
+    raise RuntimeError(f"no free port of 127.0.0.1 at most {highest}")
 
 
 def _start(
