@@ -20,25 +20,60 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import sys
 from types import FrameType
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable
 
 from redis.client import Pipeline  # fakeredis pipelines subclass it; ClusterPipeline does not
 
-from . import deps
 from .pipelines import PipelineState, note_written, pipeline_state, start_transaction
+
+if TYPE_CHECKING:
+    Refusal = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
 
 Action = Callable[..., Any]
 
 
-class Decision(NamedTuple):
-    defect: str | None  # the defect RQ's own code hits in this state; None: RQ is right here
-    action: Action | None  # what the guard does instead; None: call RQ
-    then_call_rq: bool = False  # the action only prepares the pipeline; RQ's own code follows
+class Decision:  # plain classes, not NamedTuples: those compile code of their own at rq's import
+    __slots__ = ("action", "defect", "then_call_rq")
+
+    def __init__(self, defect: str | None, action: Action | None, then_call_rq: bool = False) -> None:
+        self.defect = defect  # the defect RQ's own code hits in this state; None: RQ is right here
+        self.action = action  # what the guard does instead; None: call RQ
+        self.then_call_rq = then_call_rq  # the action only prepares the pipeline; RQ's own code follows
 
 
 CALL_RQ = Decision(None, None)
+
+# defect id -> calls in this process that a guard answered itself for it (where RQ's own code
+# would have failed or been wrong). Counted only there, never on the path where RQ's code runs.
+STEPPED_IN: dict[str, int] = {}
+_told: set[str] = set()
+log = logging.getLogger("rq_pipeline_fix")
+
+
+def stepped_in(defect: str, method: str) -> None:
+    """Count one call the guard answered itself for ``defect``, on the RQ method ``method``; the
+    first per defect in this process is logged at INFO. Not a lock's worth: two threads stepping
+    in at the same instant may lose one increment (more likely under free threading), and the
+    first one may then be told twice; a count to read, not an audit."""
+    count = STEPPED_IN[defect] = STEPPED_IN.get(defect, 0) + 1
+    if count == 1 and defect not in _told:
+        _told.add(defect)
+        log.info("%s: the guard stepped in for %s (first time in this process)", defect, method)
+
+
+def _setup_in_transaction(queue: Any, job: Any, pipe: Any) -> Any:
+    from .deps import setup_in_transaction  # loaded by the first dependent job that needs it
+
+    return setup_in_transaction(queue, job, pipe)
+
+
+def _split_in_transaction(dependency_class: Any, jobs: Any, pipe: Any) -> Any:
+    from .deps import split_in_transaction
+
+    return split_in_transaction(dependency_class, jobs, pipe)
 
 
 def _leave_as_is(queue: Any, job: Any, pipe: Any) -> Any:
@@ -51,7 +86,7 @@ def _start_transaction(queue: Any, job: Any, pipe: Any) -> Any:
 
 
 # Queue.setup_dependencies(job, pipeline) for a job without dependencies: DEFECTS.md's table.
-WITHOUT_DEPENDENCIES: dict[PipelineState, Decision] = {
+WITHOUT_DEPENDENCIES: dict[str, Decision] = {
     # RQ's multi() is right: the pipeline becomes a transaction.
     PipelineState.FRESH: CALL_RQ,
     # RQ's multi() is right: its writes stay buffered until the caller's execute().
@@ -67,23 +102,23 @@ WITHOUT_DEPENDENCIES: dict[PipelineState, Decision] = {
 # Queue.setup_dependencies(job, pipeline) for a job with dependencies: RQ WATCHes and reads them
 # in immediate mode, which works until the pipeline is in MULTI or holds commands; from then on
 # the check runs inside the caller's transaction.
-WITH_DEPENDENCIES: dict[PipelineState, Decision] = {
+WITH_DEPENDENCIES: dict[str, Decision] = {
     PipelineState.FRESH: CALL_RQ,
     PipelineState.WATCHING: CALL_RQ,
-    PipelineState.MULTI: Decision("D3", deps.setup_in_transaction),
-    PipelineState.BUFFERED_IN_TRANSACTION: Decision("D3", deps.setup_in_transaction),
-    PipelineState.BUFFERED_OUTSIDE_TRANSACTION: Decision("D3", deps.setup_in_transaction),
+    PipelineState.MULTI: Decision("D3", _setup_in_transaction),
+    PipelineState.BUFFERED_IN_TRANSACTION: Decision("D3", _setup_in_transaction),
+    PipelineState.BUFFERED_OUTSIDE_TRANSACTION: Decision("D3", _setup_in_transaction),
 }
 
 # Dependency.get_jobs_with_met_dependencies(jobs, pipeline), called by enqueue_many. RQ's own
 # pipeline has been executed by then, so it is fresh; any other state is the caller's pipeline,
 # which RQ would WATCH after MULTI (D4) or execute() early, splitting the caller's batch (D5).
-MET_DEPENDENCIES: dict[PipelineState, Decision] = {
+MET_DEPENDENCIES: dict[str, Decision] = {
     PipelineState.FRESH: CALL_RQ,
-    PipelineState.WATCHING: Decision("D5", deps.split_in_transaction),
-    PipelineState.MULTI: Decision("D4", deps.split_in_transaction),
-    PipelineState.BUFFERED_IN_TRANSACTION: Decision("D5", deps.split_in_transaction),
-    PipelineState.BUFFERED_OUTSIDE_TRANSACTION: Decision("D5", deps.split_in_transaction),
+    PipelineState.WATCHING: Decision("D5", _split_in_transaction),
+    PipelineState.MULTI: Decision("D4", _split_in_transaction),
+    PipelineState.BUFFERED_IN_TRANSACTION: Decision("D5", _split_in_transaction),
+    PipelineState.BUFFERED_OUTSIDE_TRANSACTION: Decision("D5", _split_in_transaction),
 }
 
 
@@ -92,7 +127,7 @@ def _buffer_writes(queue: Any, subject: Any, pipe: Any) -> None:
         start_transaction(pipe)
 
 
-def buffered_writes(defect: str) -> dict[PipelineState, Decision]:
+def buffered_writes(defect: str) -> dict[str, Decision]:
     """Queue.enqueue_many(job_datas, pipeline) (D6), Queue.schedule_job(job, datetime, pipeline),
     behind enqueue_at/enqueue_in (D7), and before RQ 1.14 Queue.enqueue_job (D12) write through
     the pipeline themselves, without the MULTI that setup_dependencies gives enqueue: while the
@@ -117,9 +152,10 @@ def _present(defect_id: str) -> bool:
 
 
 class _Wrapper:
-    """What our wrapt wrappers share: the target, the defects to fix, and an off switch that
-    ``revert()`` uses when another wrapper sits on top of ours (an attribute read per call;
-    wrapt's ``enabled=`` callable would cost a Python call per call)."""
+    """What the wrappers on RQ's less travelled paths share (the per-enqueue path has
+    ``by_state``): the target, the defects to fix, and an off switch that ``revert()`` uses when
+    another wrapper sits on top of ours (an attribute read per call; wrapt's ``enabled=``
+    callable would cost a Python call per call)."""
 
     # The marker by which every copy of this package knows a guard of ours (neighbours.MARKER):
     # a second copy, or this one after a reload, has classes of its own.
@@ -133,32 +169,72 @@ class _Wrapper:
         names = target.parameters[1:]  # without self/cls, which wrapt passes apart
         self.subject_name = names[0]
         self.pipeline_at = len(names) - 1  # the pipeline is the last parameter we know
-        self.table_for = target.table_for
 
     def pipeline_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The call's pipeline, passed by position or by name (RQ passes ``pipeline=`` by name)."""
         return args[self.pipeline_at] if len(args) > self.pipeline_at else kwargs.get("pipeline")
 
 
-class Guard(_Wrapper):
-    """A wrapt wrapper: looks up the caller's pipeline state and steps in for patched defects.
+def _for_patched(table: dict[str, Decision] | None, patched: frozenset[str]) -> dict[str, Decision | None]:
+    """``table`` as one guard needs it: the decision where the guard steps in, None wherever RQ's
+    own code runs (RQ is right there, or that defect is not patched in this process)."""
+    return {
+        state: decision if decision.action is not None and decision.defect in patched else None
+        for state, decision in (table or {}).items()
+    }
 
-    ``patched`` holds the ids of the defects to fix; a state whose defect is not in it goes to
-    RQ's own code, so the guard is invisible wherever the installed RQ is already right. This
-    runs on every enqueue into a pipeline, hence ``pipeline_of`` inlined.
+
+def by_state(target: Target, patched: frozenset[str]) -> Any:
+    """The wrapt wrapper for a target with decision tables: looks up the caller's pipeline state
+    and steps in for patched defects; any other call goes to RQ's own code, so the guard is
+    invisible wherever the installed RQ is already right. A target with ``refuse`` first refuses,
+    with a TypeError, a ``pipeline=`` that is not redis-py's where RQ would write part of the call
+    through it and then fail.
+
+    This runs on every enqueue, so it is a closure, not an object's ``__call__`` (wrapt calls a
+    function for ~500 instructions less), its tables are reduced at install to what this RQ needs,
+    and its own attributes (the marker, ``enabled``, ``patched``: what patcher and other copies
+    of the package read and set) are read through the dict they live in.
     """
+    names = target.parameters[1:]  # without self/cls, which wrapt passes apart
+    subject_name = names[0]
+    at = len(names) - 1  # the pipeline is the last parameter we know
+    method = target.label
+    table = _for_patched(target.table, patched)
+    with_dependencies = target.table_with_dependencies
+    dependent = _for_patched(with_dependencies, patched) if with_dependencies is not None else None
+    refuse = target.refuse
+    multi = PipelineState.MULTI  # tested inline: the state of all but the first enqueue into a pipeline
 
-    def __call__(self, wrapped: Action, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        pipe = args[self.pipeline_at] if len(args) > self.pipeline_at else kwargs.get("pipeline")
-        if not (self.enabled and isinstance(pipe, Pipeline)):  # None, or not redis-py's: RQ's own way
-            return wrapped(*args, **kwargs)
-        subject = args[0] if args else kwargs.get(self.subject_name)
-        decision = self.table_for(subject)[pipeline_state(pipe)]
-        action = decision.action
-        if action is None or decision.defect not in self.patched:  # RQ is right here, or not patched
-            return wrapped(*args, **kwargs)
-        result = action(instance, subject, pipe)
-        return wrapped(*args, **kwargs) if decision.then_call_rq else result
+    def guard(wrapped: Action, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            pipe = kwargs["pipeline"]  # how RQ passes it: cheaper than kwargs.get
+        except KeyError:
+            pipe = args[at] if len(args) > at else None
+        if isinstance(pipe, Pipeline):  # not None, nor another kind of pipeline: RQ's own way
+            subject: Any = args[0] if args else kwargs.get(subject_name)
+            decision = (dependent if dependent is not None and subject._dependency_ids else table)[
+                multi if pipe.explicit_transaction else pipeline_state(pipe)
+            ]
+            if decision is not None and attributes["enabled"]:
+                stepped_in(decision.defect, method)  # type: ignore[arg-type]
+                result = decision.action(instance, subject, pipe)  # type: ignore[misc]
+                if not decision.then_call_rq:
+                    return result
+        elif refuse is not None and pipe is not None and attributes["enabled"]:
+            args, kwargs = refuse(guard, pipe, args, kwargs)
+        return wrapped(*args, **kwargs)
+
+    attributes: dict[str, Any] = guard.__dict__
+    attributes.update(
+        rq_pipeline_fix_guard=True,  # neighbours.MARKER
+        enabled=True,
+        patched=patched,
+        target=target,
+        confirm=_present,
+        subject_name=subject_name,
+    )
+    return guard
 
 
 class ScheduleThroughPipeline(_Wrapper):
@@ -172,22 +248,10 @@ class ScheduleThroughPipeline(_Wrapper):
         pipe = self.pipeline_of(args, kwargs)
         if not (self.enabled and isinstance(pipe, Pipeline)) or "D8" not in self.patched:
             return wrapped(*args, **kwargs)
+        stepped_in("D8", self.target.label)
         registry = copy.copy(instance)
         registry.connection = pipe
         return _function_of(wrapped)(registry, *args, **kwargs)  # also when called by its class
-
-
-class CheckedGuard(Guard):
-    """A Guard that first refuses, with a TypeError, a ``pipeline=`` that is not redis-py's where
-    RQ would write part of the call through it and then fail (``target.refuse``). Only on
-    ``enqueue_many`` and ``schedule_job``: the per-enqueue path keeps the plain Guard."""
-
-    def __call__(self, wrapped: Action, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        pipe = self.pipeline_of(args, kwargs)
-        refuse = self.target.refuse
-        if pipe is not None and refuse is not None and self.enabled and not isinstance(pipe, Pipeline):
-            args, kwargs = refuse(self, pipe, args, kwargs)
-        return Guard.__call__(self, wrapped, instance, args, kwargs)
 
 
 def _has_execute(pipe: Any) -> bool:
@@ -195,7 +259,7 @@ def _has_execute(pipe: Any) -> bool:
 
 
 def _refuse_client_for_dependent_jobs(
-    guard: _Wrapper, pipe: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    guard: Any, pipe: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """``enqueue_many(job_datas, pipeline=<a Redis client>)`` with ``depends_on``: RQ saves the
     jobs through the client at once, then calls its ``execute()``, which a client does not have."""
@@ -215,7 +279,7 @@ def _refuse_client_for_dependent_jobs(
 
 
 def _refuse_foreign_pipeline_for_scheduled_entry(
-    guard: _Wrapper, pipe: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    guard: Any, pipe: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """``schedule_job`` (behind ``enqueue_at``/``enqueue_in``) where D8 is patched: RQ writes the
     scheduled-registry entry through the queue's own connection, and ``ScheduleThroughPipeline``
@@ -264,6 +328,7 @@ class GroupInTransaction(_Wrapper):
         pipe = self.pipeline_of(args, kwargs)
         if not (self.enabled and isinstance(pipe, Pipeline) and "D9" in self.patched and self.confirm("D9")):
             return wrapped(*args, **kwargs)
+        stepped_in("D9", self.target.label)
         group = copy.copy(instance)
         add_jobs = type(instance)._add_jobs
         group._add_jobs = lambda jobs, pipeline: add_jobs(
@@ -339,6 +404,7 @@ class UniqueInTransaction(_Wrapper):
             return wrapped(*args, **kwargs)
         from .unique import unique_in_transaction  # loaded by the first unique job in a pipeline
 
+        stepped_in("D10", self.target.label)
         job = args[self.job_at] if len(args) > self.job_at else kwargs["job"]
         return unique_in_transaction(wrapped, job, pipe, args, kwargs)
 
@@ -357,6 +423,7 @@ class SyncOutcomeLast(_Wrapper):
         # run_sync's own wrapper does it for run_job under run_sync
         if caller == "run_sync" or not isinstance(pipe, Pipeline) or not self.confirm("D11"):
             return wrapped(*args, **kwargs)
+        stepped_in("D11", self.target.label)
         job = args[0] if args else kwargs[self.subject_name]
         try:
             result = wrapped(*args, **kwargs)
@@ -395,40 +462,50 @@ class PipelineAtTheCall(_Wrapper):
         return instance.original_enqueue_call(*args, **kwargs)
 
 
-def _setup_dependencies_table(job: Any) -> dict[PipelineState, Decision]:
-    return WITH_DEPENDENCIES if job._dependency_ids else WITHOUT_DEPENDENCIES
-
-
-def _no_table(subject: Any) -> dict[PipelineState, Decision]:
-    return {}
-
-
-Refusal = Callable[[_Wrapper, Any, tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
-
-
-class Target(NamedTuple):  # not a dataclass: creating one costs a millisecond at rq's import
+class Target:  # a plain class: a NamedTuple or a dataclass costs a fraction of a millisecond at rq's import
     """One method that we wrap: where it is, the parameters we expect, the defects it has, and
-    which decision table applies to a call (by its first argument). ``owner`` "" is the module
-    itself (a module-level function, wrapped under the name its callers look up). A target with
-    no defects fixes a neighbour of RQ, not RQ: it is wrapped whenever it is found."""
+    the decision table for a call (``table_with_dependencies`` for a job with dependencies,
+    where that differs). ``owner`` "" is the module itself (a module-level function, wrapped under
+    the name its callers look up). A target with no defects fixes a neighbour of RQ, not RQ: it
+    is wrapped whenever it is found. ``wrapper(target, patched)`` makes the wrapt wrapper.
 
-    module: str
-    owner: str
-    name: str
-    parameters: tuple[str, ...]
-    defects: tuple[str, ...]
-    table_for: Callable[[Any], dict[PipelineState, Decision]] = _no_table
-    more_parameters_ok: bool = False  # later RQ releases add trailing options we pass through
-    wrapper: type[_Wrapper] = Guard
-    # Its module is imported by its own package, never by us: rq.group cannot be imported while
-    # rq/__init__ is still running (when rq.queue's hook fires), and django_rq is not ours to load.
-    late: bool = False
-    check: Callable[[Any], str | None] | None = None  # why the owner cannot be wrapped, beyond its shape
-    refuse: Refusal | None = None  # for CheckedGuard
+    ``late``: its module is imported by its own package, never by us (rq.group cannot be imported
+    while rq/__init__ is still running, when rq.queue's hook fires; django_rq is not ours to
+    load). ``check``: why the owner cannot be wrapped, beyond its shape. ``refuse``: see
+    ``by_state``."""
+
+    __slots__ = (
+        "check", "defects", "late", "module", "more_parameters_ok", "name", "owner", "parameters",
+        "refuse", "table", "table_with_dependencies", "wrapper",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        module: str,
+        owner: str,
+        name: str,
+        parameters: tuple[str, ...],
+        defects: tuple[str, ...],
+        table: dict[str, Decision] | None = None,
+        table_with_dependencies: dict[str, Decision] | None = None,
+        more_parameters_ok: bool = False,  # later RQ releases add trailing options we pass through
+        wrapper: Callable[[Target, frozenset[str]], Any] = by_state,
+        late: bool = False,
+        check: Callable[[Any], str | None] | None = None,
+        refuse: Refusal | None = None,
+    ) -> None:
+        self.module, self.owner, self.name = module, owner, name
+        self.parameters, self.defects = parameters, defects
+        self.table, self.table_with_dependencies = table, table_with_dependencies
+        self.more_parameters_ok, self.wrapper, self.late = more_parameters_ok, wrapper, late
+        self.check, self.refuse = check, refuse
 
     @property
     def label(self) -> str:
         return f"{self.owner or self.module}.{self.name}"
+
+    def __repr__(self) -> str:
+        return f"Target({self.module}:{self.label})"
 
 
 SETUP_DEPENDENCIES = Target(
@@ -437,7 +514,8 @@ SETUP_DEPENDENCIES = Target(
     "setup_dependencies",
     ("self", "job", "pipeline"),
     ("D1", "D2", "D3"),
-    _setup_dependencies_table,
+    table=WITHOUT_DEPENDENCIES,
+    table_with_dependencies=WITH_DEPENDENCIES,
 )
 GET_JOBS_WITH_MET_DEPENDENCIES = Target(
     "rq.dependency",  # only in releases whose enqueue_many takes depends_on (1.15 on)
@@ -445,7 +523,7 @@ GET_JOBS_WITH_MET_DEPENDENCIES = Target(
     "get_jobs_with_met_dependencies",
     ("cls", "jobs", "pipeline"),
     ("D4", "D5"),
-    lambda jobs: MET_DEPENDENCIES,
+    table=MET_DEPENDENCIES,
 )
 ENQUEUE_MANY = Target(
     "rq.queue",
@@ -453,9 +531,8 @@ ENQUEUE_MANY = Target(
     "enqueue_many",
     ("self", "job_datas", "pipeline"),
     ("D6",),
-    lambda job_datas: ENQUEUE_MANY_WRITES,
+    table=ENQUEUE_MANY_WRITES,
     more_parameters_ok=True,
-    wrapper=CheckedGuard,
     refuse=_refuse_client_for_dependent_jobs,
 )
 SCHEDULE_JOB = Target(
@@ -464,9 +541,8 @@ SCHEDULE_JOB = Target(
     "schedule_job",
     ("self", "job", "datetime", "pipeline"),
     ("D7", "D8"),  # D8: a pipeline the scheduled entry cannot be moved into is refused here
-    lambda job: SCHEDULE_JOB_WRITES,
+    table=SCHEDULE_JOB_WRITES,
     more_parameters_ok=True,
-    wrapper=CheckedGuard,
     refuse=_refuse_foreign_pipeline_for_scheduled_entry,
 )
 ENQUEUE_JOB = Target(
@@ -475,7 +551,7 @@ ENQUEUE_JOB = Target(
     "enqueue_job",
     ("self", "job", "pipeline"),
     ("D12",),
-    lambda job: ENQUEUE_JOB_WRITES,
+    table=ENQUEUE_JOB_WRITES,
     more_parameters_ok=True,
 )
 REGISTRY_SCHEDULE = Target(

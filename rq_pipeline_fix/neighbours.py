@@ -27,7 +27,7 @@ import sys
 from types import FunctionType, MethodType
 from typing import Any
 
-MARKER = "rq_pipeline_fix_guard"  # a class attribute of guard._Wrapper, true in every copy of us
+MARKER = "rq_pipeline_fix_guard"  # an attribute of each guard of ours, true in every copy of us
 MAX_STEPS = 64  # objects looked beneath per walk, side paths included: real stacks have one or two
 
 
@@ -172,8 +172,8 @@ def chain_of(owner: type, name: str) -> Chain:
 
 
 def guard_of(layer: Any) -> Any:
-    """Our guard (a ``guard._Wrapper`` of any copy of the package) if ``layer`` is a wrapt
-    wrapper around it, else None."""
+    """Our guard (a ``guard.by_state`` function or a ``guard._Wrapper``, of any copy of the
+    package) if ``layer`` is a wrapt wrapper around it, else None."""
     wrapper = _wrapt_wrapper(layer)
     return wrapper if getattr(wrapper, MARKER, False) is True else None
 
@@ -183,8 +183,8 @@ def describe(layer: Any) -> str:
     wrapper = _wrapt_wrapper(layer)
     if wrapper is not None:
         if guard_of(layer) is not None:
-            module = sys.modules.get(type(wrapper).__module__)
-            return f"rq-pipeline-fix's guard from {getattr(module, '__file__', type(wrapper).__module__)}"
+            module = sys.modules.get(wrapper.__module__)
+            return f"rq-pipeline-fix's guard from {getattr(module, '__file__', wrapper.__module__)}"
         return f"{_name_of(wrapper if isinstance(wrapper, FunctionType) else type(wrapper))} (wrapt)"
     return _name_of(getattr(layer, "__func__", layer))
 

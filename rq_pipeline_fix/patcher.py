@@ -591,8 +591,8 @@ def _guard_of_another_copy(target: Any, chain: Any) -> _Installed | None:
     if found is None:
         return None
     wrapper, guard = found
-    module = sys.modules.get(type(guard).__module__)
-    by = os.path.dirname(getattr(module, "__file__", None) or type(guard).__module__)
+    module = sys.modules.get(guard.__module__)
+    by = os.path.dirname(getattr(module, "__file__", None) or guard.__module__)
     return _Installed(target, chain.owner, wrapper, frozenset(guard.patched), by=by)
 
 
@@ -641,6 +641,7 @@ def status() -> Status:
         reloaded = _reloaded()
         problems = [problem for _installed, _chain, problem in seen if problem] + reloaded
         alongside = [_alongside(installed, chain) for installed, chain, _problem in seen]
+        stepped_in = _stepped_in()
         return Status(
             rq_version=_version("rq"),
             redis_version=_version("redis"),
@@ -654,11 +655,23 @@ def status() -> Status:
                     version_table=f.table.value,
                     patched=f.defect.id in patched,
                     reason=f.reason,
+                    stepped_in=stepped_in.get(f.defect.id, 0),
                 )
                 for f in _findings
             ),
             neighbours=tuple(line for line in [*alongside, *_unguarded] if line),
         )
+
+
+def _stepped_in() -> dict[str, int]:
+    """Calls the guards answered themselves, by defect: counted by the guard module of the copy
+    of the package that put each guard on (another copy's, where ours adopted its guard)."""
+    names = {f"{__package__}.guard", *(installed.guard.__module__ for installed in _installed)}
+    total: dict[str, int] = {}
+    for name in names:  # a module not imported: none of its guards has run
+        for defect, count in getattr(sys.modules.get(name), "STEPPED_IN", {}).items():
+            total[defect] = total.get(defect, 0) + count
+    return total
 
 
 def apply_from_hook(module: Any) -> bool:

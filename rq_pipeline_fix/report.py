@@ -27,8 +27,9 @@ change; keys may be added)::
           "detected": true,                   # what the behaviour probe saw; null: it could not tell
           "version_table": "affected",        # "affected" | "unaffected" | "unknown" (newer than measured)
           "patched": true,
-          "reason": "the probe reproduced it, as the version table expects"
-        }
+          "reason": "the probe reproduced it, as the version table expects",
+          "stepped_in": 3                     # calls in this process the guard answered itself
+        }                                     # for it, where RQ's own code would have run (0: none)
       ]
     }
 """
@@ -56,7 +57,8 @@ class DefectStatus:
 
     ``detected``: what the behaviour probe saw (None: it could not tell). ``version_table``:
     "affected", "unaffected" or "unknown" (a release newer than those measured). ``patched``:
-    the guard fixes it in this process. ``reason``: how the verdict was reached.
+    the guard fixes it in this process. ``reason``: how the verdict was reached. ``stepped_in``:
+    how many calls in this process the guard answered itself for it instead of RQ's own code.
     """
 
     id: str
@@ -65,6 +67,7 @@ class DefectStatus:
     version_table: str
     patched: bool
     reason: str
+    stepped_in: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +125,7 @@ def _probed_elsewhere(status: Status) -> Status:
         command = [sys.executable, "-c", code]
         child = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
         found = json.loads(child.stdout)["defects"]
-        defects = tuple(DefectStatus(**{**defect, "patched": False}) for defect in found)
+        defects = tuple(DefectStatus(**{**defect, "patched": False, "stepped_in": 0}) for defect in found)
     except Exception as exc:
         return dataclasses.replace(status, note=f"{status.note}; the defects could not be probed: {exc!r}")
     return dataclasses.replace(status, defects=defects)
@@ -207,19 +210,19 @@ def to_json(status: Status) -> dict[str, Any]:
 
 def table(status: Status) -> str:
     """The readable form of ``status``: versions, the guard, one row per defect, a verdict."""
-    rows = [("defect", "present", "patched", "title", "why")]
+    rows = [("defect", "present", "patched", "stepped in", "title", "why")]
     for d in status.defects:
         present = {True: "yes", False: "no", None: f"unknown ({d.version_table})"}[d.detected]
         patched = "yes" if d.patched else ("-" if d.detected is False else "no")
-        rows.append((d.id, present, patched, d.title, d.reason))
-    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+        rows.append((d.id, present, patched, str(d.stepped_in), d.title, d.reason))
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
     lines = [
         f"rq {status.rq_version or 'not installed'} · redis-py {status.redis_version or 'not installed'}",
         f"guard: {'on' if status.active else 'off'} ({status.note})",
         *(f"alongside: {line}" for line in status.neighbours),
         "",
     ]
-    lines += ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[4]]) for row in rows]
+    lines += ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[5]]) for row in rows]
     lines.append("")
     if status.unpatched:
         lines.append(f"NOT OK: left unpatched: {', '.join(d.id for d in status.unpatched)}")

@@ -40,7 +40,7 @@ PROXY: type = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
 
 def is_ours(layer: object) -> bool:
     wrapper = getattr(layer, "_self_wrapper", None)
-    return type(wrapper).__module__.startswith("rq_pipeline_fix")
+    return str(getattr(wrapper, "__module__", "")).startswith("rq_pipeline_fix")
 
 
 def is_enabled(layer: object) -> bool:

@@ -215,7 +215,8 @@ def test_status_is_a_typed_report_that_serialises() -> None:
     data = json.loads(json.dumps(report.to_dict()))
     assert data["rq_version"] == report.rq_version and data["redis_version"] == report.redis_version
     assert {d["id"] for d in data["defects"]} >= {"D1", "D2", "D3"}
-    assert set(data["defects"][0]) == {"id", "title", "detected", "version_table", "patched", "reason"}
+    fields = {"id", "title", "detected", "version_table", "patched", "reason", "stepped_in"}
+    assert set(data["defects"][0]) == fields
 
 
 def test_one_warning_per_reason(original: Any, recwarn: pytest.WarningsRecorder) -> None:
