@@ -57,6 +57,10 @@ def _instruction_rows(counted: Any, rq: str) -> list[dict[str, Any]]:
         rows.append(_row(name, guard, "callgrind", "<= 1.02", guard <= 1.02, "x"))
         bare = f"1. bare wrapt wrapper/original enqueue, {where}, instructions, RQ {rq}"
         rows.append(_row(bare, ratios["bare wrapt"], "callgrind: any wrapt guard's floor", unit="x"))
+        counts = counted["instructions_per_enqueue"][driving]
+        over = counts["guard"] / counts["bare wrapt"]
+        name = f"1. guard/bare wrapt wrapper enqueue, {where}, instructions, RQ {rq}"
+        rows.append(_row(name, over, "callgrind: the guard's own share", "<= 1.005", over <= 1.005, "x"))
     return rows
 
 
@@ -88,6 +92,10 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
             ):
                 name = f"1. guard/original enqueue, {driving.replace('_', ' ')}, {clock}, RQ {rq}"
                 rows += _guard_ratio_row(name, _get(guard, "enqueue", driving, kind))
+            over_bare = _get(guard, "enqueue", driving, "guard_over_bare_wrapt_cpu_ratio")
+            if over_bare:
+                name = f"1. guard/bare wrapt wrapper enqueue, {driving.replace('_', ' ')}, CPU time, RQ {rq}"
+                rows.append(_median_row(name, over_bare, "x", "<= 1.005", lambda v: v <= 1.005))
         rows += _instruction_rows(guard.get("instructions"), rq)
         for path in ("multi", "fresh"):
             cost = _get(guard, "setup_dependencies", path, "guard_cost_ns")

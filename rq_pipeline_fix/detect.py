@@ -8,10 +8,12 @@ saw this very RQ), and the disagreement is recorded in the reason.
 
 from __future__ import annotations
 
-import enum
 import inspect
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .versions import TableVerdict
 
 
 class ProbeTouchedRedis(Exception):
@@ -22,24 +24,22 @@ class _PipelineRanAtOnce(ProbeTouchedRedis):
     """The caller's pipeline sent a command instead of buffering it: what D6 and D7 look like."""
 
 
-class TableVerdict(str, enum.Enum):
-    AFFECTED = "affected"
-    UNAFFECTED = "unaffected"
-    UNKNOWN = "unknown"  # newer than the last release measured
+class Defect:  # plain classes, not NamedTuples: those compile code of their own at rq's import
+    """One defect: its id, its title, the RQ releases where it was measured (a specifier), the
+    RQ method that has it and that we wrap, and ``lazy``: probed at the first call that needs it
+    (or for a report), not at rq's import, on a path most programs never take, whose guard costs
+    nothing to the others."""
 
+    __slots__ = ("affected", "id", "lazy", "method", "title")
 
-class Defect(NamedTuple):  # NamedTuples, not dataclasses: those cost a millisecond each at rq's import
-    id: str
-    title: str
-    affected: str  # specifier of the RQ releases where the defect was measured
-    method: str = "Queue.setup_dependencies"  # the RQ method that has it, and that we wrap
-    # Probed at the first call that needs it (or for a report), not at rq's import: on a path
-    # most programs never take, whose guard costs nothing to the others.
-    lazy: bool = False
+    def __init__(
+        self, id: str, title: str, affected: str, method: str = "Queue.setup_dependencies", lazy: bool = False
+    ) -> None:
+        self.id, self.title, self.affected, self.method, self.lazy = id, title, affected, method, lazy
 
+    def __repr__(self) -> str:
+        return f"Defect({self.id!r})"
 
-# Every release up to this one was measured; later ones are judged by the probes alone.
-LAST_MEASURED_RQ = "3.0.0"
 
 _CHECK = "Dependency.get_jobs_with_met_dependencies"  # enqueue_many's dependency check
 _SAVE_UNIQUE = "rq.queue.save_unique_job"  # the unique= script helpers, by the name rq.queue calls
@@ -73,31 +73,23 @@ DEFECTS: tuple[Defect, ...] = (
 DEFECTS_BY_ID = {defect.id: defect for defect in DEFECTS}
 
 
-def table_verdict(defect: Defect, rq_version: str | None) -> TableVerdict:
-    # packaging is imported here, not at start-up: only reports need the table
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import InvalidVersion, Version
+class Finding:
+    """What is known about one defect in the installed RQ: ``probe`` None: the probe could not
+    decide; ``note``: why, or why there was nothing to probe."""
 
-    try:
-        version = Version(rq_version or "")
-    except InvalidVersion:
-        return TableVerdict.UNKNOWN
-    if version > Version(LAST_MEASURED_RQ):
-        return TableVerdict.UNKNOWN
-    return TableVerdict.AFFECTED if version in SpecifierSet(defect.affected) else TableVerdict.UNAFFECTED
+    __slots__ = ("defect", "note", "probe", "rq_version")
 
+    def __init__(self, defect: Defect, probe: bool | None, rq_version: str | None, note: str = "") -> None:
+        self.defect, self.probe, self.rq_version, self.note = defect, probe, rq_version, note
 
-class Finding(NamedTuple):
-    """What is known about one defect in the installed RQ."""
-
-    defect: Defect
-    probe: bool | None  # None: the probe could not decide
-    rq_version: str | None
-    note: str = ""  # why the probe could not decide, or why there was nothing to probe
+    def __repr__(self) -> str:
+        return f"Finding({self.defect.id!r}, probe={self.probe!r}, note={self.note!r})"
 
     @property
     def table(self) -> TableVerdict:
-        return table_verdict(self.defect, self.rq_version)
+        from .versions import table_verdict  # only reports need the version table
+
+        return table_verdict(self.defect.affected, self.rq_version)
 
     @property
     def reason(self) -> str:
@@ -105,9 +97,9 @@ class Finding(NamedTuple):
             return self.note
         seen = "the probe reproduced it" if self.probe else "the probe found RQ correct"
         table = self.table
-        if table is TableVerdict.UNKNOWN:
+        if table == "unknown":
             return f"{seen}; rq {self.rq_version} is newer than the releases measured"
-        if (table is TableVerdict.AFFECTED) == self.probe:
+        if (table == "affected") == self.probe:
             return f"{seen}, as the version table expects"
         says = f"the version table says rq {self.rq_version} is {table.value}"
         return f"{seen}, although {says}; trusting the probe"
@@ -116,9 +108,8 @@ class Finding(NamedTuple):
     def present(self) -> bool | None:
         if self.probe is not None:
             return self.probe
-        if self.table is TableVerdict.UNKNOWN:
-            return None
-        return self.table is TableVerdict.AFFECTED
+        table = self.table
+        return None if table == "unknown" else table == "affected"
 
 
 # --- the probes -------------------------------------------------------------------------------

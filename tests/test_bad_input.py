@@ -36,7 +36,7 @@ from rq import Queue
 
 import rq_pipeline_fix
 from rq_pipeline_fix import detect
-from rq_pipeline_fix.detect import TableVerdict
+from rq_pipeline_fix.versions import TableVerdict
 from tests.conftest import REDIS_SERVER, child_environment, detected
 from tests.jobs import record
 from tests.snapshot import snapshot

@@ -12,7 +12,8 @@ from rq.queue import Queue
 
 import rq_pipeline_fix
 from rq_pipeline_fix import detect
-from rq_pipeline_fix.detect import TableVerdict, check_shape, table_verdict
+from rq_pipeline_fix.detect import check_shape
+from rq_pipeline_fix.versions import LAST_MEASURED_RQ, TableVerdict, table_verdict
 
 D1, D2, D3 = (detect.DEFECTS_BY_ID[defect_id] for defect_id in ("D1", "D2", "D3"))
 INSTALLED_RQ = metadata.version("rq")
@@ -156,15 +157,15 @@ def probes(findings: dict[str, detect.Finding]) -> dict[str, bool | None]:
         ("2.2.0", TableVerdict.AFFECTED, TableVerdict.AFFECTED),
         ("2.3.0", TableVerdict.UNAFFECTED, TableVerdict.AFFECTED),
         ("2.12.0", TableVerdict.UNAFFECTED, TableVerdict.AFFECTED),
-        (str(detect.LAST_MEASURED_RQ), TableVerdict.UNAFFECTED, TableVerdict.AFFECTED),
+        (LAST_MEASURED_RQ, TableVerdict.UNAFFECTED, TableVerdict.AFFECTED),
         ("99.0", TableVerdict.UNKNOWN, TableVerdict.UNKNOWN),
         ("not-a-version", TableVerdict.UNKNOWN, TableVerdict.UNKNOWN),
         (None, TableVerdict.UNKNOWN, TableVerdict.UNKNOWN),
     ],
 )
 def test_version_table(version: str | None, d1: TableVerdict, d2: TableVerdict) -> None:
-    assert table_verdict(D1, version) is d1
-    assert table_verdict(D2, version) is d2
+    assert table_verdict(D1.affected, version) is d1
+    assert table_verdict(D2.affected, version) is d2
 
 
 def test_probes_see_every_defect_in_rq_1_9_code() -> None:

@@ -1,0 +1,31 @@
+"""The version table: the RQ releases on which each defect was measured, read against the installed
+one. Only reports need it (the probes decide what is patched), so it and ``packaging`` are loaded
+at the first report, not at rq's import."""
+
+from __future__ import annotations
+
+import enum
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+# Every release up to this one was measured; later ones are judged by the probes alone.
+LAST_MEASURED_RQ = "3.0.0"
+
+
+class TableVerdict(str, enum.Enum):
+    AFFECTED = "affected"
+    UNAFFECTED = "unaffected"
+    UNKNOWN = "unknown"  # newer than the last release measured
+
+
+def table_verdict(affected: str, rq_version: str | None) -> TableVerdict:
+    """What the table says of ``rq_version`` for a defect measured on the releases ``affected``
+    (a specifier)."""
+    try:
+        version = Version(rq_version or "")
+    except InvalidVersion:
+        return TableVerdict.UNKNOWN
+    if version > Version(LAST_MEASURED_RQ):
+        return TableVerdict.UNKNOWN
+    return TableVerdict.AFFECTED if version in SpecifierSet(affected) else TableVerdict.UNAFFECTED
