@@ -115,24 +115,33 @@ class Finding:
 # --- the probes -------------------------------------------------------------------------------
 
 
-def _offline_redis(error: type[ProbeTouchedRedis] = ProbeTouchedRedis) -> Any:
-    """A real redis-py client whose pool raises ``error`` instead of handing out a connection
+def _offline_pool(error: type[ProbeTouchedRedis] = ProbeTouchedRedis) -> Any:
+    """A real redis-py connection pool that raises ``error`` instead of handing out a connection
     (none is ever made: building one can cost milliseconds, e.g. redis-py 8 looks up its own
     version in the package metadata)."""
-    import redis
-
-    pool_class = _offline_pools.get(error)
-    if pool_class is None:  # one class per error: creating a class costs more than the client
+    if not _offline_pool_class:  # made once: creating a class costs more than a client
+        import redis
 
         class OfflinePool(redis.ConnectionPool):
+            error: type[ProbeTouchedRedis] = ProbeTouchedRedis
+
             def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-                raise error("the probed code sent a command to Redis")
+                raise self.error("the probed code sent a command to Redis")
 
-        pool_class = _offline_pools[error] = OfflinePool
-    return redis.Redis(connection_pool=pool_class())
+        _offline_pool_class.append(OfflinePool)
+    pool = _offline_pool_class[0]()
+    pool.error = error
+    return pool
 
 
-_offline_pools: dict[type[ProbeTouchedRedis], Any] = {}
+_offline_pool_class: list[Any] = []
+
+
+def _offline_redis() -> Any:
+    """A real redis-py client on an offline pool: any command it sends raises ProbeTouchedRedis."""
+    import redis
+
+    return redis.Redis(connection_pool=_offline_pool())
 
 
 def _runs_at_once(run: Callable[[], object]) -> bool:
@@ -235,11 +244,18 @@ class _ProbeKit:
         self.originals = originals
         self.setup_dependencies = originals["Queue.setup_dependencies"]
         self.get_jobs_with_met_dependencies = originals.get(_CHECK)
-        self.callers_client = _offline_redis(_PipelineRanAtOnce)  # tells the caller's pipeline apart
+        self.callers_pool = _offline_pool(_PipelineRanAtOnce)  # tells the caller's pipeline apart
+
+    def callers_pipeline(self) -> Any:
+        """A caller's pipeline: a command it sends at once raises _PipelineRanAtOnce (a pool of its
+        own, not a second client: a client costs ten times more to build)."""
+        pipe = self.connection.pipeline()
+        pipe.connection_pool = self.callers_pool
+        return pipe
 
     def watching_pipeline(self) -> Any:
         """A caller's pipeline after WATCH (immediate mode), reached without sending the WATCH."""
-        pipe = self.callers_client.pipeline()
+        pipe = self.callers_pipeline()
         pipe.watching = True
         return pipe
 
@@ -319,7 +335,7 @@ def _probe_d8(kit: _ProbeKit) -> bool:
     schedule = kit.original("ScheduledJobRegistry.schedule")
     registry_class: Any = ScheduledJobRegistry
     registry = registry_class(queue=kit.queue)
-    pipe = kit.callers_client.pipeline()
+    pipe = kit.callers_pipeline()
     pipe.multi()
     try:
         schedule(registry, kit.job(), datetime.now(timezone.utc), pipeline=pipe)
