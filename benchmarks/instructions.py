@@ -10,7 +10,8 @@ wrapt-based guard) and the guard (``guard``). Only the timed loops are counted: 
 loops: *shared pipeline*, enqueues into one pipeline that is reset, never executed (no I/O);
 *fresh pipeline*, one enqueue per new pipeline and its ``execute()`` (this process's side of the
 I/O: packing, parsing; not the server's, nor time waiting). The garbage collector is off while
-counting. Child: ``python -m benchmarks.instructions VARIANT URL JOBS OUTPUT``.
+counting. ``python -m benchmarks.instructions [JOBS]`` prints the counts (200 enqueues per loop by
+default) against a throwaway redis-server; each child is ``... --child VARIANT URL JOBS``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from typing import Any
 from . import callgrind
 
 VARIANTS = ("original", "bare wrapt", "guard")
-DRIVINGS = ("shared_pipeline", "fresh_pipeline")  # in the order the child runs them
+# In the order the child runs them. The last is no enqueue: one queue.setup_dependencies(job,
+# pipeline=pipe) call on a pipeline in MULTI, the guarded call alone, where the wrapper's own
+# cost is not lost among the ~400k instructions of an enqueue (whose count moves by a few
+# thousand between processes that differ only in what they imported: CPython's type caches).
+DRIVINGS = ("shared_pipeline", "fresh_pipeline", "setup_dependencies_call")
 WARM_UP = 200  # enqueues before counting: first calls specialise byte-code and fill caches
 _TOTALS = re.compile(r"^totals: (\d+)$", re.MULTILINE)
 
@@ -37,7 +42,7 @@ def measure(python: str, url: str, jobs: int) -> dict[str, Any]:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("RQ_PIPELINE_FIX_")}
         if variant != "guard":
             environment["RQ_PIPELINE_FIX_DISABLE"] = "1"  # in case a start-up hook imports us
-        command = [python, "-m", "benchmarks.instructions", variant, url, str(jobs)]
+        command = [python, "-m", "benchmarks.instructions", "--child", variant, url, str(jobs)]
         with tempfile.TemporaryDirectory() as directory:
             output = Path(directory, "callgrind.out")
             options = (
@@ -98,7 +103,14 @@ def _child(variant: str, url: str, jobs: int) -> None:
             queue.enqueue_call(noop, args=(index,), pipeline=pipe)
             pipe.execute()
 
-    for enqueue in (into_shared_pipeline, into_fresh_pipeline):  # the order of DRIVINGS
+    in_multi = queue.connection.pipeline()
+    in_multi.multi()
+    job = queue.create_job(noop, args=(0,))
+
+    def setup_dependencies_call(_: None, index: int) -> None:
+        queue.setup_dependencies(job, pipeline=in_multi)
+
+    for enqueue in (into_shared_pipeline, into_fresh_pipeline, setup_dependencies_call):  # DRIVINGS
         for index in range(WARM_UP):
             enqueue(None, index)
         gc.collect()
@@ -109,5 +121,30 @@ def _child(variant: str, url: str, jobs: int) -> None:
     queue.connection.flushdb()  # the benchmark's own throwaway server
 
 
+def main(argv: list[str]) -> int:
+    jobs = int(argv[0]) if argv else 200
+    with callgrind.throwaway_redis() as url:
+        counted = measure(sys.executable, url, jobs)
+    if "skipped" in counted:
+        print(counted["skipped"])
+        return 1
+    per_call = counted["instructions_per_enqueue"]
+    for driving, counts in per_call.items():
+        shown = ", ".join(f"{variant} {count:,.0f}" for variant, count in counts.items())
+        over = counts["guard"] / counts["bare wrapt"]
+        print(f"{driving}: instructions per call: {shown}")
+        print(
+            f"  guard/original {counts['guard'] / counts['original']:.4f}x, bare wrapt/original "
+            f"{counts['bare wrapt'] / counts['original']:.4f}x, guard/bare wrapt {over:.4f}x"
+        )
+    own = per_call["setup_dependencies_call"]["guard"] - per_call["setup_dependencies_call"]["bare wrapt"]
+    share = 100 * own / per_call["shared_pipeline"]["original"]
+    print(f"the guard's own instructions per call over bare wrapt: {own:,.0f} = {share:.2f}% of an enqueue")
+    return 0
+
+
 if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    if sys.argv[1:2] == ["--child"]:
+        _child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        sys.exit(main(sys.argv[1:]))

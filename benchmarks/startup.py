@@ -21,7 +21,7 @@ from typing import Any
 from . import callgrind
 from .interpreters import REPO
 from .rounds import alternate
-from .stats import summary
+from .stats import ratios, summary
 
 COMMANDS = {
     "pass": "pass",
@@ -150,6 +150,9 @@ def measure(runs: int) -> dict[str, Any]:
             f"{slower} - {baseline}": summary([b - a for a, b in zip(ms[baseline], ms[slower])])
             for slower, baseline in DELTAS
         }
+        result[f"{clock}_ratio"] = {
+            f"{slower} / {baseline}": summary(ratios(ms[slower], ms[baseline])) for slower, baseline in DELTAS
+        }
     return {
         **result,
         "callgrind": instructions(),
@@ -163,3 +166,42 @@ def measure(runs: int) -> dict[str, Any]:
             "import rq; import rq_pipeline_fix": import_breakdown("import rq; import rq_pipeline_fix"),
         },
     }
+
+
+def ratios_only(runs: int) -> dict[str, Any]:
+    """Wall-clock and CPU ratios of whole processes (``DELTAS``), ``runs`` alternating rounds."""
+    for code in COMMANDS.values():
+        for _ in range(2):
+            _run(code)
+    samples = alternate({name: partial(_timed, code) for name, code in COMMANDS.items()}, runs)
+    result: dict[str, Any] = {"runs": runs}
+    for index, clock in enumerate(("wall", "cpu")):
+        ms = {name: [sample[index] for sample in values] for name, values in samples.items()}
+        result[f"{clock}_ms"] = {name: summary(values)["median"] for name, values in ms.items()}
+        result[f"{clock}_ratio"] = {
+            f"{slower} / {baseline}": summary(ratios(ms[slower], ms[baseline])) for slower, baseline in DELTAS
+        }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.startup [RUNS]``: the instruction counts (callgrind) and the
+    wall-clock and CPU ratios over RUNS alternating rounds (default 60), medians of per-round
+    ratios; without writing any results file."""
+    runs = int((argv if argv is not None else sys.argv[1:] or ["60"])[0])
+    counted = instructions()
+    for name, delta in counted.get("delta_instructions", {}).items():
+        print(f"instructions  {name:55s} {delta / 1e6:8.2f} M")
+    if "skipped" in counted:
+        print(f"instructions skipped: {counted['skipped']}")
+    timed = ratios_only(runs)
+    for clock in ("wall", "cpu"):
+        for name, stats in timed[f"{clock}_ratio"].items():
+            spread = f"q1..q3 {stats['q1']:.3f}..{stats['q3']:.3f}"
+            print(f"{clock:4s} ratio    {name:55s} {stats['median']:8.3f} x  ({spread}, n={stats['n']})")
+    print(f"median wall ms: {json.dumps({k: round(v, 1) for k, v in timed['wall_ms'].items()})}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
