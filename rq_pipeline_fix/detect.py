@@ -70,6 +70,9 @@ DEFECTS: tuple[Defect, ...] = (
            "Queue.enqueue_job"),
 )
 # fmt: on
+# Every release up to this one was measured; later ones are judged by the probes alone.
+LAST_MEASURED_RQ = "3.0.0"
+
 DEFECTS_BY_ID = {defect.id: defect for defect in DEFECTS}
 
 
@@ -84,6 +87,11 @@ class Finding:
 
     def __repr__(self) -> str:
         return f"Finding({self.defect.id!r}, probe={self.probe!r}, note={self.note!r})"
+
+    def _replace(self, **changes: Any) -> Finding:
+        """A copy with ``changes`` (as a NamedTuple's)."""
+        now = {"defect": self.defect, "probe": self.probe, "rq_version": self.rq_version, "note": self.note}
+        return Finding(**{**now, **changes})
 
     @property
     def table(self) -> TableVerdict:

@@ -9,9 +9,6 @@ import enum
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-# Every release up to this one was measured; later ones are judged by the probes alone.
-LAST_MEASURED_RQ = "3.0.0"
-
 
 class TableVerdict(str, enum.Enum):
     AFFECTED = "affected"
@@ -22,6 +19,8 @@ class TableVerdict(str, enum.Enum):
 def table_verdict(affected: str, rq_version: str | None) -> TableVerdict:
     """What the table says of ``rq_version`` for a defect measured on the releases ``affected``
     (a specifier)."""
+    from .detect import LAST_MEASURED_RQ  # beside the probes and the defects' specifiers
+
     try:
         version = Version(rq_version or "")
     except InvalidVersion:

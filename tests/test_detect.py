@@ -13,7 +13,7 @@ from rq.queue import Queue
 import rq_pipeline_fix
 from rq_pipeline_fix import detect
 from rq_pipeline_fix.detect import check_shape
-from rq_pipeline_fix.versions import LAST_MEASURED_RQ, TableVerdict, table_verdict
+from rq_pipeline_fix.versions import TableVerdict, table_verdict
 
 D1, D2, D3 = (detect.DEFECTS_BY_ID[defect_id] for defect_id in ("D1", "D2", "D3"))
 INSTALLED_RQ = metadata.version("rq")
@@ -157,7 +157,7 @@ def probes(findings: dict[str, detect.Finding]) -> dict[str, bool | None]:
         ("2.2.0", TableVerdict.AFFECTED, TableVerdict.AFFECTED),
         ("2.3.0", TableVerdict.UNAFFECTED, TableVerdict.AFFECTED),
         ("2.12.0", TableVerdict.UNAFFECTED, TableVerdict.AFFECTED),
-        (LAST_MEASURED_RQ, TableVerdict.UNAFFECTED, TableVerdict.AFFECTED),
+        (detect.LAST_MEASURED_RQ, TableVerdict.UNAFFECTED, TableVerdict.AFFECTED),
         ("99.0", TableVerdict.UNKNOWN, TableVerdict.UNKNOWN),
         ("not-a-version", TableVerdict.UNKNOWN, TableVerdict.UNKNOWN),
         (None, TableVerdict.UNKNOWN, TableVerdict.UNKNOWN),
