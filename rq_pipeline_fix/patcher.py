@@ -666,7 +666,10 @@ def status() -> Status:
         found = frozenset(f.defect.id for f in _findings if f.probe)
         seen = [(installed, chain, installed.problem(chain)) for installed, chain in _chains()]
         in_place = [installed for installed, _chain, problem in seen if problem is None]
-        patched = found & frozenset().union(*(installed.patched for installed in in_place))
+        # A guard on a class that a reload replaced fixes nothing any more: only those on what
+        # RQ's modules hold now count as patched.
+        current = [i for i in in_place if _owner_now(i.target) in (None, i.owner)]
+        patched = found & frozenset().union(*(installed.patched for installed in current))
         reloaded = _reloaded()
         problems = [problem for _installed, _chain, problem in seen if problem] + reloaded
         alongside = [_alongside(installed, chain) for installed, chain, _problem in seen]

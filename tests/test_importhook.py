@@ -223,14 +223,21 @@ sys.meta_path.insert(0, FindsRqQueue())
 importlib.reload(rq.queue)
 report = rq_pipeline_fix.status()
 print(report.active, "|", report.note)
+from rq_pipeline_fix.report import is_ok
+print(sorted(d.id for d in report.defects if d.detected and not d.patched), is_ok(report))
 rq_pipeline_fix.apply()
 {SHOW_GUARD}
+print(sorted(d.id for d in rq_pipeline_fix.status().defects if d.detected and not d.patched))
 """
 
 
 def test_after_a_reload_the_hook_missed_status_says_so_and_apply_guards_the_new_class() -> None:
     shown = run_python(RELOAD_BEHIND_ANOTHER_FINDER)
     assert shown.returncode == 0, shown.stderr
-    first, second = shown.stdout.splitlines()[0].split("|"), shown.stdout.splitlines()[1]
+    lines = shown.stdout.splitlines()
+    first, unpatched_after_reload, second, unpatched_after_apply = lines[0].split("|"), *lines[1:4]
     assert first[0].strip() == "False" and "reloaded" in first[1]
+    # the new Queue's defects are reported unpatched, not the old class's guard counted
+    assert "'D2'" in unpatched_after_reload and unpatched_after_reload.endswith("False")
     assert second == "FunctionWrapper"
+    assert unpatched_after_apply == "[]"
