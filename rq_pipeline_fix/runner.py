@@ -69,6 +69,23 @@ def environment_for_command(environment: dict[str, str]) -> dict[str, str]:
     return environment
 
 
+def _environment_started_with() -> dict[str, str] | None:
+    """The environment this process was started with, as the kernel received it (Linux), or None.
+    The runner is a Python program too: its own start-up (a sitecustomize or .pth file of its
+    environment, Python's locale coercion) may change ``os.environ``, and none of that is the
+    command's. Read back as ``os.environ`` decodes it, so exec encodes it byte for byte."""
+    try:
+        with open("/proc/self/environ", "rb") as file:
+            entries = file.read().split(b"\0")
+    except OSError:
+        return None
+    return {
+        os.fsdecode(name): os.fsdecode(value)
+        for name, sep, value in (entry.partition(b"=") for entry in entries)
+        if sep and name
+    }
+
+
 def _lc_ctype_before_coercion(environment: dict[str, str]) -> str | None:
     """Where this Python coerced the C locale (PEP 538: it sets ``LC_CTYPE`` in its own
     environment, which an exec passes on), the ``LC_CTYPE`` it was started with ("": unset);
@@ -127,7 +144,7 @@ def exec_with_bootstrap(command: Sequence[str]) -> int:
         problem = "command not found" if status == COMMAND_NOT_FOUND else "permission denied"
         print(f"rq-pipeline-fix-run: {problem}: {command[0]}", file=sys.stderr)
         return status
-    environment = environment_for_command(dict(os.environ))
+    environment = environment_for_command(_environment_started_with() or dict(os.environ))
     sys.stdout.flush()
     sys.stderr.flush()
     _restore_signals()

@@ -198,6 +198,20 @@ def test_command_gets_the_environment_it_would_get_without_the_runner_plus_pytho
     )
 
 
+def test_what_the_runners_own_start_up_changes_does_not_reach_the_command(tmp_path: Path) -> None:
+    """The runner is a Python program: a sitecustomize on PYTHONPATH runs in it too, and may set
+    variables; the command gets the environment the runner was started with."""
+    Path(tmp_path, "sitecustomize.py").write_text("import os\nos.environ['SET_IN_THE_RUNNER'] = '1'\n")
+    settings = {"PYTHONPATH": str(tmp_path)}
+    direct = run(["env", "-0"], **settings).stdout.split("\0")
+    under_runner = run([console_script("rq-pipeline-fix-run"), "env", "-0"], **settings).stdout.split("\0")
+    assert not any(line.startswith("SET_IN_THE_RUNNER=") for line in under_runner)
+    pythonpath = "PYTHONPATH=" + os.pathsep.join([BOOTSTRAP_DIR, str(tmp_path)])
+    assert sorted(under_runner) == sorted(
+        pythonpath if line.startswith("PYTHONPATH=") else line for line in direct
+    )
+
+
 def another_venv(tmp_path: Path, with_the_package: bool) -> Path:
     """A virtualenv of its own (no pip, no rq) whose site-packages has a sitecustomize, and, if
     asked, a copy of rq-pipeline-fix of its own (another install, as a pipx-style one is)."""
