@@ -265,6 +265,8 @@ def _ran_into_an_import(finding: Any) -> bool:
 def _try_again_later(exc: Exception) -> bool:
     """An import that could not be finished now (importlib's _DeadlockError, an ImportError of a
     module another thread is still importing), as opposed to something wrong with RQ."""
+    if isinstance(exc, ModuleNotFoundError) and not (exc.name or "rq").startswith("rq"):
+        return False  # a dependency that is not installed (wrapt, packaging): it will not come
     return isinstance(exc, ImportError) or type(exc).__name__ == "_DeadlockError"
 
 
@@ -655,8 +657,20 @@ def revert() -> Status:
 
 
 def status() -> Status:
-    """A report of the versions, each defect, and what was patched. Does not import rq."""
-    from .report import DefectStatus, Status  # not at rq's import: the hook builds no report
+    """A report of the versions, each defect, and what was patched. Does not import rq; never
+    raises (a report that cannot be built says why in its note)."""
+    from .report import Status  # not at rq's import: the hook builds no report
+
+    try:
+        return _status()
+    except Exception as exc:  # e.g. a dependency missing from a broken install
+        active = any(installed.guard.enabled for installed in _installed)
+        note = f"{_note}; the report could not be built: {exc!r}"
+        return Status(_version("rq"), _version("redis"), active, note, (), ())
+
+
+def _status() -> Status:
+    from .report import DefectStatus, Status
 
     _poll()  # an import hook that had to wait (another finder found rq, say) acts now
     with _lock:

@@ -273,3 +273,31 @@ def test_kill_switch_set_after_the_guard_went_on_is_reported_as_such() -> None:
     active, note = result.stdout.split("|")
     assert active.strip() == "True"
     assert "set after the guard went on" in note and "disabled by" not in note
+
+
+MISSING_DEPENDENCY = """
+import sys, warnings
+sys.modules[{module!r}] = None  # as if the install had skipped it (pip install --no-deps)
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    import rq_pipeline_fix, rq.queue
+    report = rq_pipeline_fix.status()
+    rq_pipeline_fix.apply()
+print(report.active, "|", report.note)
+print(type(rq.queue.Queue.__dict__["setup_dependencies"]).__name__)
+print(sum("rq-pipeline-fix" in str(w.message) for w in caught))
+"""
+
+
+def test_a_dependency_missing_from_the_install_leaves_rq_untouched_and_says_why_once() -> None:
+    shown = run_python(MISSING_DEPENDENCY.format(module="wrapt"))
+    assert shown.returncode == 0, shown.stderr
+    (active, note), kind, warned = shown.stdout.splitlines()[0].split(" | "), *shown.stdout.splitlines()[1:]
+    assert active == "False" and note.startswith("left RQ untouched") and "wrapt" in note
+    assert kind == "function" and warned == "1"  # RQ's own method; one warning, not one per try
+
+
+def test_status_and_apply_never_raise_even_when_the_report_cannot_be_built() -> None:
+    shown = run_python(MISSING_DEPENDENCY.format(module="packaging"))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0].split(" | ")[0] in {"True", "False"}
