@@ -116,15 +116,24 @@ def observed_status(probe_when_disabled: bool = True) -> Status:
     return patcher.apply()
 
 
+_CHILD_MARK = "rq-pipeline-fix report: "
+
+
 def _probed_elsewhere(status: Status) -> Status:
     """``status`` with the defects a fresh interpreter without the kill switch finds, all marked
     unpatched. Only the public API is used, and only the child's RQ is ever touched."""
     environment = {key: value for key, value in os.environ.items() if key != DISABLE_VARIABLE}
-    code = "import json, rq_pipeline_fix.report as r; print(json.dumps(r.to_json(r.observed_status())))"
+    # The report is the child's last line, after a mark: its start-up (a sitecustomize, a .pth
+    # file) may print too.
+    code = (
+        "import json, rq_pipeline_fix.report as r; "
+        f"print({_CHILD_MARK!r} + json.dumps(r.to_json(r.observed_status())))"
+    )
     try:  # the child's RQ gets patched and dies with it
         command = [sys.executable, "-c", code]
         child = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
-        found = json.loads(child.stdout)["defects"]
+        line = next(line for line in reversed(child.stdout.splitlines()) if line.startswith(_CHILD_MARK))
+        found = json.loads(line[len(_CHILD_MARK) :])["defects"]
         defects = tuple(DefectStatus(**{**defect, "patched": False, "stepped_in": 0}) for defect in found)
     except Exception as exc:
         return dataclasses.replace(status, note=f"{status.note}; the defects could not be probed: {exc!r}")

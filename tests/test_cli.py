@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,6 +84,15 @@ def test_status_exits_1_under_the_kill_switch_listing_what_it_leaves_broken() ->
     assert document["disabled"] and not document["active"] and not document["ok"]
     assert {"D2", "D3"} <= set(document["unpatched"])
     assert not any(d["patched"] for d in document["defects"])
+
+
+def test_under_the_kill_switch_a_child_that_prints_at_start_up_still_lists_what_is_left_broken(
+    tmp_path: Path,
+) -> None:
+    Path(tmp_path, "sitecustomize.py").write_text("print('hello from a sitecustomize')\n")
+    shown = cli("status", "--json", RQ_PIPELINE_FIX_DISABLE="1", PYTHONPATH=str(tmp_path))
+    document = json.loads(shown.stdout.partition("\n")[2])  # our own start-up printed its line too
+    assert {"D2", "D3"} <= set(document["unpatched"]), document["note"]
 
 
 def test_status_exits_1_when_a_probe_cannot_tell_and_the_version_table_says_affected() -> None:
