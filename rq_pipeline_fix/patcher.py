@@ -212,10 +212,20 @@ def _import_targets() -> str | None:
         from .guard import TARGETS  # imports redis-py
     except Exception as exc:
         return f"rq cannot be imported ({exc!r})"
-    for module in {target.module for target in TARGETS if not target.late}:
-        with contextlib.suppress(Exception):  # this RQ has no such module: _install says so
+    for module in {target.module for target in TARGETS if not target.late} - _absent:
+        if module in sys.modules:
+            continue
+        try:
             importlib.import_module(module)
+        except ModuleNotFoundError as exc:  # this RQ has no such module (_install says so):
+            if exc.name == module:  # not asked again, so that a fork in the middle of asking
+                _absent.add(module)  # cannot leave the child an import lock nobody releases
+        except Exception:
+            pass
     return None
+
+
+_absent: set[str] = set()  # target modules this RQ does not have
 
 
 def _apply(disabled: bool, complaint: str | None, firing: str | None, problem: str | None = None) -> bool:

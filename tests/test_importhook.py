@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -154,6 +155,11 @@ print(report.active, [defect.id for defect in report.unpatched])
 RUNS = 8  # each run is one process's first import; every one deadlocked the hook before
 
 
+@pytest.mark.skipif(
+    importlib.metadata.version("rq").startswith("1.9."),
+    reason="RQ 1.9's own modules deadlock when two threads import rq.queue and rq.registry at once, "
+    "without the package too (7 of 24 plain runs hung on Python 3.9, 3.11 and 3.13)",
+)
 def test_first_imports_of_rq_in_two_threads_at_once_put_the_guard_on() -> None:
     outcomes = [run_python(CONCURRENT_FIRST_IMPORTS) for _ in range(RUNS)]
     assert [(shown.stdout.split(), shown.returncode) for shown in outcomes] == [
