@@ -27,13 +27,14 @@ class _PipelineRanAtOnce(ProbeTouchedRedis):
 class Defect:  # plain classes, not NamedTuples: those compile code of their own at rq's import
     """One defect: its id, its title, the RQ releases where it was measured (a specifier), the
     RQ method that has it and that we wrap, and ``lazy``: probed at the first call that needs it
-    (or for a report), not at rq's import, on a path most programs never take, whose guard costs
-    nothing to the others."""
+    (or for a report), not at rq's import; its guard goes on unprobed where the version table
+    does not rule it out, and steps in only once the probe has confirmed it. Every defect is
+    lazy today: the probes were a third of the package's cost at rq's import."""
 
     __slots__ = ("affected", "id", "lazy", "method", "title")
 
     def __init__(
-        self, id: str, title: str, affected: str, method: str = "Queue.setup_dependencies", lazy: bool = False
+        self, id: str, title: str, affected: str, method: str = "Queue.setup_dependencies", lazy: bool = True
     ) -> None:
         self.id, self.title, self.affected, self.method, self.lazy = id, title, affected, method, lazy
 
@@ -60,12 +61,11 @@ DEFECTS: tuple[Defect, ...] = (
            "Queue.schedule_job"),
     Defect("D8", "enqueue_at/enqueue_in put the scheduled entry outside the caller's pipeline",
            ">=1.9.0,<3.0.0", "ScheduledJobRegistry.schedule"),
-    Defect("D9", "Group.enqueue_many runs the caller's execute()", _SINCE_2_0, "Group.enqueue_many",
-           lazy=True),
+    Defect("D9", "Group.enqueue_many runs the caller's execute()", _SINCE_2_0, "Group.enqueue_many"),
     Defect("D10", "unique=True writes the job at once through the queue's own connection", _SINCE_2_8,
-           _SAVE_UNIQUE, lazy=True),
+           _SAVE_UNIQUE),
     Defect("D11", "is_async=False: the caller's execute() writes the job that ran back as queued", _SINCE_1_9,
-           "Queue.run_job", lazy=True),
+           "Queue.run_job"),
     Defect("D12", "enqueue_job writes at once through a WATCHing pipeline", ">=1.9.0,<1.14.0",
            "Queue.enqueue_job"),
 )
@@ -74,6 +74,35 @@ DEFECTS: tuple[Defect, ...] = (
 LAST_MEASURED_RQ = "3.0.0"
 
 DEFECTS_BY_ID = {defect.id: defect for defect in DEFECTS}
+
+
+def table_expects(defect: Defect, rq_version: str | None) -> bool | None:
+    """What the version table says of ``defect`` in ``rq_version``: True affected, False not,
+    None unknown (newer than measured, or a version other than plain numbers). Read without
+    ``packaging`` (a few milliseconds to import): the specifiers above are ``>=``/``<`` clauses
+    of plain releases, and at rq's import it decides which methods get a guard; reports use
+    ``versions.table_verdict``."""
+    version = _release(rq_version or "")
+    if version is None or version > (_release(LAST_MEASURED_RQ) or ()):
+        return None
+    for clause in defect.affected.split(","):
+        clause = clause.strip()
+        bound = _release(clause.lstrip("<>="))
+        if bound is None or not clause.startswith((">=", "<")) or clause.startswith("<="):
+            return None
+        if (version < bound) if clause.startswith(">=") else (version >= bound):
+            return False
+    return True
+
+
+def _release(text: str) -> tuple[int, ...] | None:
+    parts = text.strip().split(".")
+    if not all(part.isdigit() for part in parts):
+        return None
+    numbers = [int(part) for part in parts]
+    while len(numbers) > 1 and numbers[-1] == 0:  # 2.3 is 2.3.0
+        numbers.pop()
+    return tuple(numbers)
 
 
 class Finding:

@@ -36,12 +36,25 @@ Action = Callable[..., Any]
 
 
 class Decision:  # plain classes, not NamedTuples: those compile code of their own at rq's import
-    __slots__ = ("action", "defect", "then_call_rq")
+    __slots__ = ("action", "confirmed", "defect", "then_call_rq")
 
-    def __init__(self, defect: str | None, action: Action | None, then_call_rq: bool = False) -> None:
+    def __init__(
+        self,
+        defect: str | None,
+        action: Action | None,
+        then_call_rq: bool = False,
+        confirmed: Decision | None = None,
+    ) -> None:
         self.defect = defect  # the defect RQ's own code hits in this state; None: RQ is right here
         self.action = action  # what the guard does instead; None: call RQ
         self.then_call_rq = then_call_rq  # the action only prepares the pipeline; RQ's own code follows
+        # Set on a guard's copy until the probe has confirmed the defect in this RQ: the decision
+        # to take then (None: it is, this one: ask first).
+        self.confirmed = confirmed
+
+    def unconfirmed(self) -> Decision:
+        """This decision, to be taken once the defect is confirmed (see ``by_state``)."""
+        return Decision(self.defect, self.action, self.then_call_rq, confirmed=self)
 
 
 CALL_RQ = Decision(None, None)
@@ -176,10 +189,11 @@ class _Wrapper:
 
 
 def _for_patched(table: dict[str, Decision] | None, patched: frozenset[str]) -> dict[str, Decision | None]:
-    """``table`` as one guard needs it: the decision where the guard steps in, None wherever RQ's
-    own code runs (RQ is right there, or that defect is not patched in this process)."""
+    """``table`` as one guard needs it: where the guard steps in, the decision to take once the
+    probe has confirmed its defect; None wherever RQ's own code runs (RQ is right there, or that
+    defect is not patched in this process)."""
     return {
-        state: decision if decision.action is not None and decision.defect in patched else None
+        state: decision.unconfirmed() if decision.action is not None and decision.defect in patched else None
         for state, decision in (table or {}).items()
     }
 
@@ -195,6 +209,11 @@ def by_state(target: Target, patched: frozenset[str]) -> Any:
     function for ~500 instructions less), its tables are reduced at install to what this RQ needs,
     and its own attributes (the marker, ``enabled``, ``patched``: what patcher and other copies
     of the package read and set) are read through the dict they live in.
+
+    The defects are probed at their first use, not at rq's import: a step-in entry first asks
+    ``confirm`` (the probe, then a lookup), and the guard's tables are rewritten by the answer,
+    so that from then on the entry is the plain decision, or None (RQ's own code) where the
+    probe found RQ right: no cost on any path once each defect is decided.
     """
     names = target.parameters[1:]  # without self/cls, which wrapt passes apart
     subject_name = names[0]
@@ -205,6 +224,17 @@ def by_state(target: Target, patched: frozenset[str]) -> Any:
     dependent = _for_patched(with_dependencies, patched) if with_dependencies is not None else None
     refuse = target.refuse
     multi = PipelineState.MULTI  # tested inline: the state of all but the first enqueue into a pipeline
+    tables = [reduced for reduced in (table, dependent) if reduced is not None]
+
+    def confirmed(decision: Decision) -> Decision | None:
+        """The first step-in for a defect: probe it (``confirm``), and rewrite every entry of it
+        in this guard's tables with the answer."""
+        present = attributes["confirm"](decision.defect)
+        for reduced in tables:
+            for state, entry in list(reduced.items()):
+                if entry is not None and entry.defect == decision.defect and entry.confirmed is not None:
+                    reduced[state] = entry.confirmed if present else None
+        return decision.confirmed if present else None
 
     def guard(wrapped: Action, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
@@ -217,6 +247,10 @@ def by_state(target: Target, patched: frozenset[str]) -> Any:
                 multi if pipe.explicit_transaction else pipeline_state(pipe)
             ]
             if decision is not None and attributes["enabled"]:
+                if decision.confirmed is not None:  # its defect not probed yet in this guard
+                    decision = attributes["confirmed"](decision)  # not a closure cell: none per call
+                    if decision is None:
+                        return wrapped(*args, **kwargs)
                 stepped_in(decision.defect, method)  # type: ignore[arg-type]
                 result = decision.action(instance, subject, pipe)  # type: ignore[misc]
                 if not decision.then_call_rq:
@@ -232,6 +266,7 @@ def by_state(target: Target, patched: frozenset[str]) -> Any:
         patched=patched,
         target=target,
         confirm=_present,
+        confirmed=confirmed,
         subject_name=subject_name,
     )
     return guard
@@ -246,7 +281,7 @@ class ScheduleThroughPipeline(_Wrapper):
 
     def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         pipe = self.pipeline_of(args, kwargs)
-        if not (self.enabled and isinstance(pipe, Pipeline)) or "D8" not in self.patched:
+        if not (self.enabled and isinstance(pipe, Pipeline) and "D8" in self.patched and self.confirm("D8")):
             return wrapped(*args, **kwargs)
         stepped_in("D8", self.target.label)
         registry = copy.copy(instance)
@@ -285,7 +320,7 @@ def _refuse_foreign_pipeline_for_scheduled_entry(
     scheduled-registry entry through the queue's own connection, and ``ScheduleThroughPipeline``
     can move it into a redis-py Pipeline only. Into any other pipeline (a ClusterPipeline, say)
     the entry would land at once while the job itself waits in, or fails with, that pipeline."""
-    if "D8" in guard.patched and _has_execute(pipe):
+    if "D8" in guard.patched and _has_execute(pipe) and guard.confirm("D8"):
         raise TypeError(
             f"rq-pipeline-fix: this RQ writes the scheduled-registry entry of enqueue_at/enqueue_in "
             f"through the queue's own connection (D8); it can be moved into a redis-py Pipeline, not "

@@ -266,10 +266,11 @@ def _ran_into_an_import(finding: Any) -> bool:
         return False
     if "_DeadlockError(" in finding.note:
         return True
+    if "ImportError(" not in finding.note:  # before walking sys.modules
+        return False
     from .importhook import initialising
 
-    half_way = any(name.startswith("rq.") and initialising(m) for name, m in list(sys.modules.items()))
-    return half_way and "ImportError(" in finding.note
+    return any(name.startswith("rq.") and initialising(m) for name, m in list(sys.modules.items()))
 
 
 def _try_again_later(exc: Exception) -> bool:
@@ -464,6 +465,7 @@ def _install(firing: str | None) -> bool:
         if any(map(_ran_into_an_import, findings)):
             return False
         _findings, _probed = _undecided_where(unusable, findings), originals
+        _decided.clear()
     for finding in _findings:
         if (
             finding.probe is None
@@ -495,10 +497,9 @@ def _put_on(usable: dict[Any, Any]) -> None:
     """Guard each usable target whose defects were detected, or are lazy and not probed yet (the
     guard asks ``_confirm`` at its first call), or that fixes a neighbour; unless a guard of ours
     is already on it."""
-    global _note, _unguarded
-    from .detect import is_pending
+    global _unguarded
 
-    detected = frozenset(f.defect.id for f in _findings if f.probe or is_pending(f))
+    detected = _guarded_ids()
     guarded = {(installed.target, installed.owner) for installed in _installed}
     for target, chain in usable.items():
         patched = detected & frozenset(target.defects)
@@ -525,6 +526,26 @@ def _put_on(usable: dict[Any, Any]) -> None:
         for target, chain in usable.items()
         if chain.original is None and target not in guarded
     ]
+    _describe_installed()
+
+
+def _guarded_ids() -> frozenset[str]:
+    """The defects that get a guard: found by a probe, or not probed yet (lazy: the guard asks
+    ``_confirm`` before it steps in) where the version table does not say this RQ is free of it.
+    One the table rules out gets none (enqueue_job, on every enqueue's path, stays RQ's own from
+    1.14 on); a report still probes it."""
+    from .detect import is_pending, table_expects
+
+    version = _version("rq")
+    return frozenset(
+        f.defect.id
+        for f in _findings
+        if f.probe or (is_pending(f) and table_expects(f.defect, version) is not False)
+    )
+
+
+def _describe_installed() -> None:
+    global _note
     if not _installed:
         _note = "nothing to do: the installed RQ has none of the defects the guards fix"
         return
@@ -537,20 +558,109 @@ def _put_on(usable: dict[Any, Any]) -> None:
     log.debug(_note)
 
 
+_decided: dict[str, bool] = {}  # defect id -> present, once probed: what _confirm answers unlocked
+_probing = False  # a first-use probe is running (in the thread holding the lock)
+
+
 def _confirm(defect_id: str) -> bool:
-    """Whether a lazy defect is present: probed on the first call that asks (or a report), then
-    remembered. A probe that cannot tell leaves RQ's own code at work, and says so once."""
-    global _findings
+    """Whether a defect is present, asked by a guard before it steps in: probed at the first call
+    that asks (or by a report), under our lock, then answered from ``_decided`` without it.
+    Never raises into the caller's call: a probe that cannot tell leaves RQ's own code at work
+    and says so once. While another thread imports a module of rq's, the probe (which runs RQ
+    code that imports rq modules) waits for a later call; this one trusts the version table."""
+    try:
+        return _decided[defect_id]
+    except KeyError:
+        pass
+    try:
+        with _lock:
+            if _probing:  # RQ's code under a probe reached a guard: RQ's own, as probes need
+                return False
+            if _rq_import_under_way(None):
+                return _table_expects(defect_id)
+            _settle({defect_id})
+            return _decided.get(defect_id, _table_expects(defect_id))
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            say_once(f"{defect_id} not patched: the probe at its first use failed: {exc!r}")
+        _decided[defect_id] = False
+        return False
+
+
+def _table_expects(defect_id: str) -> bool:
+    from .detect import DEFECTS_BY_ID, table_expects
+
+    return bool(table_expects(DEFECTS_BY_ID[defect_id], _version("rq")))
+
+
+def _settle(ids: Any) -> None:
+    """Probe the defects of ``ids`` not probed yet, in one go; under our lock. A probe that ran
+    into an import under way stays pending (asked again at the next call or report)."""
+    global _findings, _probing
     from .detect import detect, is_pending
 
-    with _lock:
-        finding = next((f for f in _findings if f.defect.id == defect_id), None)
-        if finding is not None and is_pending(finding):
-            (finding,) = detect(_bound, _version("rq"), only={defect_id}, now=True)
-            _findings = [finding if f.defect.id == defect_id else f for f in _findings]
+    pending = {f.defect.id for f in _findings if f.defect.id in ids and is_pending(f)}
+    if pending:
+        _probing = True
+        try:
+            fresh = {f.defect.id: f for f in detect(_bound, _version("rq"), only=pending, now=True)}
+        finally:
+            _probing = False
+        fresh = {i: f for i, f in fresh.items() if not _ran_into_an_import(f)}
+        _findings = [fresh.get(f.defect.id, f) for f in _findings]
+        for finding in fresh.values():
             if finding.probe is None:
-                say_once(f"{defect_id} not patched: {finding.reason}")
-        return bool(finding is not None and finding.probe)
+                say_once(f"{finding.defect.id} not patched: {finding.reason}")
+    for finding in _findings:
+        if finding.defect.id in ids and not is_pending(finding):
+            _decided[finding.defect.id] = bool(finding.probe)
+
+
+def _guard_what_the_table_missed() -> None:
+    """A defect the version table ruled out (so its method got no guard at rq's import) that a
+    report's probe finds after all (a fork, a backport, another method of RQ's replaced): its
+    guard goes on now, as probing at rq's import would have put it. Under our lock."""
+    if not _wanted:
+        return
+    guarded = frozenset().union(*(installed.patched for installed in _installed))
+    missed = {f.defect.id for f in _findings if f.probe} - guarded
+    if not missed:
+        return
+    from .guard import TARGETS
+
+    usable = {}
+    for target in TARGETS:
+        chain = _find(target) if target.label in _bound and missed & set(target.defects) else None
+        if chain is not None and _usable(target, chain) is None:
+            usable[target] = chain
+    _put_on(usable)
+
+
+def _retire_idle() -> None:
+    """Take off the guards none of whose defects the probes found (absent, or a probe that could
+    not tell: RQ's own method back, as if the guard had never gone on, which is what probing at
+    rq's import did): under our lock, by a report, after ``_settle``."""
+    from .detect import is_pending
+
+    if not _installed:
+        return
+    needed = {f.defect.id for f in _findings if f.probe or is_pending(f)}
+    idle = [
+        installed
+        for installed, chain in _chains()
+        if not installed.by
+        and installed.target.defects
+        and installed.patched
+        and not installed.patched & needed
+        and installed.problem(chain) is None
+        and getattr(chain.find(installed.wrapper), "slot", None) is not None
+        and chain.find(installed.wrapper).slot.settable
+    ]
+    for installed in idle:
+        installed.uninstall()
+        _installed.remove(installed)
+    if idle:
+        _describe_installed()
 
 
 def _when_imported(module: str, callback: Any) -> None:
@@ -611,6 +721,7 @@ def _install_late(module: Any) -> bool:
                 _findings = [
                     known.get(d.id) or fresh[d.id] for d in DEFECTS if d.id in known or d.id in fresh
                 ]
+                _decided.clear()
             _put_on(usable)
         finally:
             _busy = False
@@ -684,9 +795,10 @@ def _status() -> Status:
 
     _poll()  # an import hook that had to wait (another finder found rq, say) acts now
     with _lock:
-        for installed in _installed:  # a report says what is so: probe the lazy defects now
-            for defect_id in installed.patched:
-                _confirm(defect_id)
+        if _findings:  # a report says what is so: probe the defects not probed yet now
+            _settle({f.defect.id for f in _findings})
+            _guard_what_the_table_missed()
+            _retire_idle()
         found = frozenset(f.defect.id for f in _findings if f.probe)
         seen = [(installed, chain, installed.problem(chain)) for installed, chain in _chains()]
         in_place = [installed for installed, _chain, problem in seen if problem is None]

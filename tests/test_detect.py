@@ -229,20 +229,19 @@ def test_probe_sees_group_enqueue_many_running_the_callers_execute() -> None:
 
 
 @pytest.mark.usefixtures("unpatched")
-def test_lazy_defects_wait_for_their_first_use_and_the_others_are_probed_at_once() -> None:
-    """D9-D11 are on paths most programs never take: not probed at rq's import, but by the
-    guard's first call that needs the answer, or by status()."""
+def test_every_defect_waits_for_its_first_use_and_a_report_probes_them_all() -> None:
+    """No probe at rq's import: each defect is probed by the guard's first call that needs the
+    answer, or by status()."""
     originals = {METHODS[name]: method for name, method in installed_originals().items()}
     findings = {f.defect.id: f for f in detect.detect(originals, INSTALLED_RQ)}
-    lazy = {d.id for d in detect.DEFECTS if d.lazy}
-    assert lazy == {"D9", "D10", "D11"}
-    for defect_id, finding in findings.items():
-        if defect_id in lazy and finding.defect.method in originals:
+    assert all(d.lazy for d in detect.DEFECTS)
+    for finding in findings.values():
+        if finding.defect.method in originals:
             assert detect.is_pending(finding) and finding.probe is None, finding
         else:
             assert not detect.is_pending(finding), finding
     report = {d.id: d for d in rq_pipeline_fix.apply().defects}
-    assert all(report[d].detected is not None for d in lazy)  # a report probes them
+    assert all(report[d].detected is not None for d in findings)  # a report probes them
 
 
 def test_probe_sees_an_enqueue_many_that_buffers_in_a_watching_pipeline() -> None:
