@@ -48,8 +48,8 @@ class Decision:  # plain classes, not NamedTuples: those compile code of their o
         self.defect = defect  # the defect RQ's own code hits in this state; None: RQ is right here
         self.action = action  # what the guard does instead; None: call RQ
         self.then_call_rq = then_call_rq  # the action only prepares the pipeline; RQ's own code follows
-        # Set on a guard's copy until the probe has confirmed the defect in this RQ: the decision
-        # to take then (None: it is, this one: ask first).
+        # On a guard's copy of a step-in entry, until its defect is probed in this RQ: the plain
+        # decision to take once the probe confirms it (see by_state). None: a plain decision.
         self.confirmed = confirmed
 
     def unconfirmed(self) -> Decision:
