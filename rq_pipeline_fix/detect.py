@@ -28,8 +28,9 @@ class Defect:  # plain classes, not NamedTuples: those compile code of their own
     """One defect: its id, its title, the RQ releases where it was measured (a specifier), the
     RQ method that has it and that we wrap, and ``lazy``: probed at the first call that needs it
     (or for a report), not at rq's import; its guard goes on unprobed where the version table
-    does not rule it out, and steps in only once the probe has confirmed it. Every defect is
-    lazy today: the probes were a third of the package's cost at rq's import."""
+    does not rule it out, and steps in only once the probe has confirmed it (the probes were a
+    third of the package's cost at rq's import). One that is not lazy waits too where the table
+    can tell, and is probed at rq's import only on a release newer than those measured."""
 
     __slots__ = ("affected", "id", "lazy", "method", "title")
 
@@ -66,8 +67,10 @@ DEFECTS: tuple[Defect, ...] = (
            _SAVE_UNIQUE),
     Defect("D11", "is_async=False: the caller's execute() writes the job that ran back as queued", _SINCE_1_9,
            "Queue.run_job"),
+    # Not lazy: on a release the table cannot tell about, its guard would sit on every enqueue's
+    # path (enqueue_job) unprobed, so there it is probed at rq's import instead.
     Defect("D12", "enqueue_job writes at once through a WATCHing pipeline", ">=1.9.0,<1.14.0",
-           "Queue.enqueue_job"),
+           "Queue.enqueue_job", lazy=False),
 )
 # fmt: on
 # Every release up to this one was measured; later ones are judged by the probes alone.
@@ -539,8 +542,8 @@ def detect(
     ``originals`` maps "Class.method" to RQ's original, bound as RQ calls it (a plain function
     for ``Queue.setup_dependencies``), or to None where the installed RQ lacks the method.
     ``awaited`` maps the label of a method whose module is not imported yet (rq imports it later
-    in its own ``import rq``) to that module: its defect is probed once it is. A lazy defect is
-    probed only ``now``.
+    in its own ``import rq``) to that module: its defect is probed once it is. A defect that
+    waits for its first use (``_at_first_use``) is probed only ``now``.
     """
     awaited = awaited or {}
     defects = [defect for defect in DEFECTS if only is None or defect.id in only]
@@ -565,17 +568,22 @@ def _probe_all(
 ) -> list[Finding]:
     kit: _ProbeKit | None = None
     kit_error = ""
-    if any(not (defect.lazy and not now) and defect.method not in awaited for defect in defects):
+    later = {defect.id: not now and _at_first_use(defect, rq_version) for defect in defects}
+    if any(not later[defect.id] and defect.method not in awaited for defect in defects):
         try:  # only when something is probed now: a kit costs a few hundred thousand instructions
             kit = _ProbeKit(originals, rq_own)
         except Exception as exc:
             kit_error = f"the probe could not set up: {exc!r}"
     return [
-        _finding(
-            defect, kit, kit_error, originals, rq_version, awaited.get(defect.method), defect.lazy and not now
-        )
+        _finding(defect, kit, kit_error, originals, rq_version, awaited.get(defect.method), later[defect.id])
         for defect in defects
     ]
+
+
+def _at_first_use(defect: Defect, rq_version: str | None) -> bool:
+    """Whether ``defect`` waits for its first use: a lazy one always; another only where the
+    version table can tell (a release newer than those measured gets it probed at rq's import)."""
+    return defect.lazy or table_expects(defect, rq_version) is not None
 
 
 def _finding(

@@ -230,11 +230,10 @@ def test_probe_sees_group_enqueue_many_running_the_callers_execute() -> None:
 
 @pytest.mark.usefixtures("unpatched")
 def test_every_defect_waits_for_its_first_use_and_a_report_probes_them_all() -> None:
-    """No probe at rq's import: each defect is probed by the guard's first call that needs the
-    answer, or by status()."""
+    """No probe at rq's import of a release the version table knows: each defect is probed by the
+    guard's first call that needs the answer, or by status()."""
     originals = {METHODS[name]: method for name, method in installed_originals().items()}
     findings = {f.defect.id: f for f in detect.detect(originals, INSTALLED_RQ)}
-    assert all(d.lazy for d in detect.DEFECTS)
     for finding in findings.values():
         if finding.defect.method in originals:
             assert detect.is_pending(finding) and finding.probe is None, finding
@@ -242,6 +241,17 @@ def test_every_defect_waits_for_its_first_use_and_a_report_probes_them_all() -> 
             assert not detect.is_pending(finding), finding
     report = {d.id: d for d in rq_pipeline_fix.apply().defects}
     assert all(report[d].detected is not None for d in findings)  # a report probes them
+
+
+@pytest.mark.usefixtures("unpatched")
+def test_on_a_release_newer_than_measured_d12_alone_is_probed_at_once() -> None:
+    """Its guard would sit on every enqueue's path (enqueue_job) unprobed: not lazy there."""
+    originals = {METHODS[name]: method for name, method in installed_originals().items()}
+    findings = detect.detect(originals, "99.0")
+    assert [f.defect.id for f in findings if f.probe is not None and f.defect.method in originals] == ["D12"]
+    assert all(
+        detect.is_pending(f) for f in findings if f.defect.id != "D12" and f.defect.method in originals
+    )
 
 
 def test_probe_sees_an_enqueue_many_that_buffers_in_a_watching_pipeline() -> None:

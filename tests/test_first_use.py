@@ -164,6 +164,15 @@ def test_status_reports_what_probing_every_defect_at_import_reported(redis_url: 
     assert without_counts(used["status"]) == without_counts(shown["status"])
 
 
+@pytest.mark.skipif(Version(INSTALLED_RQ) < Version("1.14"), reason="D12: enqueue_job is guarded there")
+def test_on_a_release_newer_than_measured_enqueue_job_is_probed_at_import_and_left_alone(
+    redis_url: str,
+) -> None:
+    shown = run_child(redis_url, before_rq="detect.LAST_MEASURED_RQ = '0.1'")
+    assert shown["at_import"] == ["D12"]
+    assert "Queue.enqueue_job" not in shown["status"]["note"]
+
+
 @pytest.mark.parametrize(
     "version", ["1.9.0", "1.13.0", "1.15.0", "2.2.0", "2.3.0", "3.0.0", "99.0", "2.3.0rc1"]
 )
