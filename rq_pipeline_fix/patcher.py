@@ -620,7 +620,7 @@ def _guard_what_the_table_missed() -> None:
     """A defect the version table ruled out (so its method got no guard at rq's import) that a
     report's probe finds after all (a fork, a backport, another method of RQ's replaced): its
     guard goes on now, as probing at rq's import would have put it. Under our lock."""
-    if not _wanted:
+    if not _wanted or patching_disabled()[0]:  # the switch set since: nothing new goes on
         return
     guarded = frozenset().union(*(installed.patched for installed in _installed))
     missed = {f.defect.id for f in _findings if f.probe} - guarded
