@@ -187,3 +187,35 @@ def test_the_version_table_read_at_import_agrees_with_the_one_reports_read(versi
             assert verdict is TableVerdict.UNKNOWN or not version.replace(".", "").isdigit()
         else:
             assert verdict is (TableVerdict.AFFECTED if expected else TableVerdict.UNAFFECTED)
+
+
+TWO_THREADS_AT_ONCE = """
+import threading
+queue.enqueue_call("os.getpid", job_id="parent")
+barrier = threading.Barrier(2)
+errors = []
+
+def dependent_into_multi(job_id):
+    pipe = connection.pipeline()
+    pipe.multi()
+    barrier.wait()
+    try:
+        queue.enqueue_call("os.getpid", job_id=job_id, depends_on="parent", pipeline=pipe)
+        pipe.execute()
+    except Exception as exc:
+        errors.append(repr(exc))
+
+threads = [threading.Thread(target=dependent_into_multi, args=(name,)) for name in ("a", "b")]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+extra = errors
+"""
+
+
+def test_two_threads_first_using_one_defect_at_once_probe_it_once_and_both_are_fixed(redis_url: str) -> None:
+    shown = run_child(redis_url, TWO_THREADS_AT_ONCE)
+    assert shown["outcome"] is None and shown["extra"] == []
+    assert shown["at_use"] == ["D3"] and shown["stepped_in"] == {"D3": 2}
+    assert sorted(shown["deferred"]) == ["a", "b"]
