@@ -9,6 +9,7 @@ saw this very RQ), and the disagreement is recorded in the reason.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -573,6 +574,7 @@ def _probe_all(
         try:  # only when something is probed now: a kit costs a few hundred thousand instructions
             kit = _ProbeKit(originals, rq_own)
         except Exception as exc:
+            _reraise_if_not_ours(exc)
             kit_error = f"the probe could not set up: {exc!r}"
     return [
         _finding(defect, kit, kit_error, originals, rq_version, awaited.get(defect.method), later[defect.id])
@@ -606,4 +608,13 @@ def _finding(
     try:
         return Finding(defect, PROBES[defect.id](kit), rq_version)
     except Exception as exc:
+        _reraise_if_not_ours(exc)
         return Finding(defect, None, rq_version, f"the probe failed: {exc!r}")
+
+
+def _reraise_if_not_ours(exc: Exception) -> None:
+    """A job's timeout (RQ raises it from SIGALRM wherever the job is, here inside a probe run at
+    the job's first enqueue) belongs to the job: it goes on up, and the defect stays unprobed."""
+    timeouts = sys.modules.get("rq.timeouts")
+    if timeouts is not None and isinstance(exc, getattr(timeouts, "BaseTimeoutException", ())):
+        raise exc

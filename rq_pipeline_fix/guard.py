@@ -160,6 +160,10 @@ SCHEDULE_JOB_WRITES = buffered_writes("D7")
 ENQUEUE_JOB_WRITES = buffered_writes("D12")  # RQ < 1.14: enqueue_job without setup_dependencies
 
 
+def _always(defect_id: str) -> bool:
+    return True
+
+
 def _present(defect_id: str) -> bool:
     return True
 
@@ -230,6 +234,8 @@ def by_state(target: Target, patched: frozenset[str]) -> Any:
         """The first step-in for a defect: probe it (``confirm``), and rewrite every entry of it
         in this guard's tables with the answer."""
         present = attributes["confirm"](decision.defect)
+        if not attributes["decided"](decision.defect):  # not probed yet (an import under way): this call only
+            return decision.confirmed if present else None
         for reduced in tables:
             for state, entry in list(reduced.items()):
                 if entry is not None and entry.defect == decision.defect and entry.confirmed is not None:
@@ -266,6 +272,7 @@ def by_state(target: Target, patched: frozenset[str]) -> Any:
         patched=patched,
         target=target,
         confirm=_present,
+        decided=_always,
         confirmed=confirmed,
         subject_name=subject_name,
     )

@@ -517,6 +517,7 @@ def _put_on(usable: dict[Any, Any]) -> None:
         elif patched or not target.defects:
             installed = _Installed.put_on(target, chain, patched)
             installed.guard.confirm = _confirm
+            installed.guard.decided = _is_decided
             _installed.append(installed)
     guarded = {installed.target for installed in _installed}
     _unguarded = [
@@ -577,20 +578,30 @@ def _confirm(defect_id: str) -> bool:
             if _probing:  # RQ's code under a probe reached a guard: RQ's own, as probes need
                 return False
             if _rq_import_under_way(None):
-                return _table_expects(defect_id)
+                return _unless_ruled_out(defect_id)
             _settle({defect_id})
-            return _decided.get(defect_id, _table_expects(defect_id))
+            return _decided.get(defect_id, _unless_ruled_out(defect_id))
     except Exception as exc:
+        timeouts = sys.modules.get("rq.timeouts")
+        if timeouts is not None and isinstance(exc, getattr(timeouts, "BaseTimeoutException", ())):
+            raise  # the job's timeout struck during the probe: the job's, and the defect stays open
         with contextlib.suppress(Exception):
             say_once(f"{defect_id} not patched: the probe at its first use failed: {exc!r}")
         _decided[defect_id] = False
         return False
 
 
-def _table_expects(defect_id: str) -> bool:
+def _unless_ruled_out(defect_id: str) -> bool:
+    """For one call whose defect could not be probed now (asked again at the next): step in unless
+    the version table rules the defect out. The guard's way is right where RQ's is right too;
+    RQ's own code where RQ has the defect would fail the call."""
     from .detect import DEFECTS_BY_ID, table_expects
 
-    return bool(table_expects(DEFECTS_BY_ID[defect_id], _version("rq")))
+    return table_expects(DEFECTS_BY_ID[defect_id], _version("rq")) is not False
+
+
+def _is_decided(defect_id: str) -> bool:
+    return defect_id in _decided
 
 
 def _settle(ids: Any) -> None:

@@ -219,3 +219,53 @@ def test_two_threads_first_using_one_defect_at_once_probe_it_once_and_both_are_f
     assert shown["outcome"] is None and shown["extra"] == []
     assert shown["at_use"] == ["D3"] and shown["stepped_in"] == {"D3": 2}
     assert sorted(shown["deferred"]) == ["a", "b"]
+
+
+def test_a_jobs_timeout_striking_during_the_first_use_probe_reaches_the_job_and_the_fix_stays(
+    redis_url: str,
+) -> None:
+    """RQ raises a job's timeout from SIGALRM wherever the job is: here, inside the probe run at its
+    first dependent enqueue. The timeout is the job's; the defect stays to be probed at the next."""
+    strikes_once = (
+        "from rq.timeouts import JobTimeoutException\n"
+        "real_d3 = detect.PROBES['D3']\n"
+        "def strikes(kit):\n"
+        "    if not extra_state:\n"
+        "        extra_state.append(1)\n"
+        "        raise JobTimeoutException('Task exceeded maximum timeout value (1 seconds)')\n"
+        "    return real_d3(kit)\n"
+        "extra_state = []\n"
+        "detect.PROBES['D3'] = strikes"
+    )
+    code = f"""
+try:
+{chr(10).join("    " + line for line in DEPENDENT_INTO_MULTI.strip().splitlines())}
+except JobTimeoutException as exc:
+    extra = repr(exc)
+pipe = connection.pipeline()
+pipe.multi()
+queue.enqueue_call("os.getpid", job_id="child2", depends_on="parent", pipeline=pipe)
+pipe.execute()
+"""
+    shown = run_child(redis_url, code, before_rq=strikes_once)
+    assert shown["extra"] is not None and "JobTimeoutException" in shown["extra"]  # not swallowed
+    assert shown["outcome"] is None  # the next dependent enqueue probed D3 and was fixed
+    assert shown["deferred"] == ["child2"] and shown["stepped_in"] == {"D3": 1}
+
+
+def test_a_first_use_while_rq_is_being_imported_elsewhere_is_not_remembered(redis_url: str) -> None:
+    """The probe cannot run while another thread imports an rq module: that call steps in unless
+    the version table rules the defect out, and the next call probes."""
+    # Set after rq's import: an import under way at the first use only, and a release the version
+    # table cannot tell about (where an answer taken from it would be "absent").
+    once = (
+        "detect.LAST_MEASURED_RQ = '1.0.0'\n"
+        "patcher._rq_import_under_way = lambda firing, calls=[]: calls.append(1) or len(calls) == 1\n"
+    )
+    second = DEPENDENT_INTO_MULTI.replace('"child"', '"child2"').split("\n", 2)[2]  # without the parent
+    shown = run_child(redis_url, once + DEPENDENT_INTO_MULTI + second)
+    assert shown["outcome"] is None and shown["deferred"] == ["child", "child2"]
+    assert shown["at_use"] == ["D3"]  # not at the first call, but at the second
+    assert shown["stepped_in"] == {"D3": 2}
+    d3 = next(d for d in shown["status"]["defects"] if d["id"] == "D3")
+    assert d3["detected"] is True and d3["patched"]
