@@ -187,6 +187,14 @@ class _Wrapper:
         self.subject_name = names[0]
         self.pipeline_at = len(names) - 1  # the pipeline is the last parameter we know
 
+    def steps_in(self, pipe: Any, defect: str) -> bool:
+        """Whether this call is the guard's to do (a caller's redis-py pipeline, ``defect``
+        confirmed by its probe); counted when it is."""
+        if not (isinstance(pipe, Pipeline) and self.confirm(defect)):
+            return False
+        stepped_in(defect, self.target.label)
+        return True
+
     def pipeline_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The call's pipeline, passed by position or by name (RQ passes ``pipeline=`` by name)."""
         return args[self.pipeline_at] if len(args) > self.pipeline_at else kwargs.get("pipeline")
@@ -288,9 +296,8 @@ class ScheduleThroughPipeline(_Wrapper):
 
     def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         pipe = self.pipeline_of(args, kwargs)
-        if not (self.enabled and isinstance(pipe, Pipeline) and "D8" in self.patched and self.confirm("D8")):
+        if not (self.enabled and "D8" in self.patched and self.steps_in(pipe, "D8")):
             return wrapped(*args, **kwargs)
-        stepped_in("D8", self.target.label)
         registry = copy.copy(instance)
         registry.connection = pipe
         return _function_of(wrapped)(registry, *args, **kwargs)  # also when called by its class
@@ -368,9 +375,8 @@ class GroupInTransaction(_Wrapper):
 
     def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         pipe = self.pipeline_of(args, kwargs)
-        if not (self.enabled and isinstance(pipe, Pipeline) and "D9" in self.patched and self.confirm("D9")):
+        if not (self.enabled and "D9" in self.patched and self.steps_in(pipe, "D9")):
             return wrapped(*args, **kwargs)
-        stepped_in("D9", self.target.label)
         group = copy.copy(instance)
         add_jobs = type(instance)._add_jobs
         group._add_jobs = lambda jobs, pipeline: add_jobs(
@@ -442,11 +448,10 @@ class UniqueInTransaction(_Wrapper):
     def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         caller, pipe = callers_pipeline() if self.enabled and "D10" in self.patched else ("", None)
         # is_async=False runs the job at the call: it cannot wait for the caller's EXEC (D11).
-        if caller == "_enqueue_sync_job" or not isinstance(pipe, Pipeline) or not self.confirm("D10"):
+        if caller == "_enqueue_sync_job" or not self.steps_in(pipe, "D10"):
             return wrapped(*args, **kwargs)
         from .unique import unique_in_transaction  # loaded by the first unique job in a pipeline
 
-        stepped_in("D10", self.target.label)
         job = args[self.job_at] if len(args) > self.job_at else kwargs["job"]
         return unique_in_transaction(wrapped, job, pipe, args, kwargs)
 
@@ -463,9 +468,8 @@ class SyncOutcomeLast(_Wrapper):
     def __call__(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         caller, pipe = callers_pipeline() if self.enabled and "D11" in self.patched else ("", None)
         # run_sync's own wrapper does it for run_job under run_sync
-        if caller == "run_sync" or not isinstance(pipe, Pipeline) or not self.confirm("D11"):
+        if caller == "run_sync" or not self.steps_in(pipe, "D11"):
             return wrapped(*args, **kwargs)
-        stepped_in("D11", self.target.label)
         job = args[0] if args else kwargs[self.subject_name]
         try:
             result = wrapped(*args, **kwargs)
