@@ -23,6 +23,21 @@ def summary(samples: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def median_interval(samples: Sequence[float]) -> tuple[float, float] | None:
+    """A distribution-free 95% confidence interval of the median: the order statistics that
+    the number of samples below the median (binomial, n and 1/2) stays between 95% of the time
+    (normal approximation). None for fewer than 6 samples. On a noisy machine it says how far
+    the median of a few dozen rounds can be from the one a longer run would give."""
+    ordered = sorted(samples)
+    n = len(ordered)
+    if n < 6:
+        return None
+    half_width = 1.96 * n**0.5 / 2
+    low = max(0, int(n / 2 - half_width))
+    high = min(n - 1, int(-(-(n / 2 + half_width) // 1)))
+    return ordered[low], ordered[high]
+
+
 def _quartiles(ordered: Sequence[float]) -> tuple[float, float]:
     quartiles = statistics.quantiles(ordered, n=4, method="inclusive")
     return quartiles[0], quartiles[2]

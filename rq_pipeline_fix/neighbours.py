@@ -150,9 +150,12 @@ class Chain:  # plain classes, not NamedTuples: those compile their annotations 
 
     def find(self, wrapper: Any) -> Layer | None:
         """The layer that is ``wrapper``, or a wrapt binding of it (as OpenTelemetry's
-        ``unwrap`` leaves on the class when it takes its own wrapper off from above ours)."""
+        ``unwrap`` leaves on the class when it takes its own wrapper off from above ours), or
+        the wrapt wrapper that took the place of ``wrapper`` at its first use (``_successor``)."""
+        wanted = [obj for obj in (wrapper, _successor(wrapper)) if obj is not None]
         for layer in self.layers:
-            if layer.obj is wrapper or _wrapt_parent(layer.obj) is wrapper:
+            parent = _wrapt_parent(layer.obj)
+            if any(layer.obj is obj or parent is obj for obj in wanted):  # `is`: proxies compare as RQ's
                 return layer
         return None
 
@@ -254,6 +257,15 @@ def _wrapt_wrapper(obj: Any) -> Any:
     """The wrapper function of a wrapt ``FunctionWrapper``/``BoundFunctionWrapper``, else None."""
     try:
         return object.__getattribute__(obj, "_self_wrapper")
+    except AttributeError:
+        return None
+
+
+def _successor(obj: Any) -> Any:
+    """The wrapt wrapper that took the place of a guard of ours put on as a stand-in
+    (patcher._WrappedAtFirstUse) at its first use; None before, or for anything else."""
+    try:
+        return object.__getattribute__(obj, "_self_successor")
     except AttributeError:
         return None
 

@@ -69,10 +69,15 @@ class _Installed:
     def put_on(cls, target: Any, chain: Any, patched: frozenset[str]) -> _Installed:
         """Our guard directly on RQ's own function, beneath any other library's wrapper, so that
         theirs still sees every call (neighbours.py); on top of what is there only where RQ's own
-        is out of reach."""
+        is out of reach. Where it sits alone in its class (or module), as at rq's import in
+        nearly every process, it goes on as a ``_WrappedAtFirstUse``."""
+        guard = target.wrapper(target, patched)
+        if chain.original is not None and not chain.layers and chain.slot.settable:
+            wrapper: Any = _WrappedAtFirstUse(chain.raw_original, guard, chain.owner, target.name)
+            chain.slot.put(wrapper, chain.owner)
+            return cls(target, chain.owner, wrapper, patched)
         import wrapt
 
-        guard = target.wrapper(target, patched)
         if chain.original is not None and chain.slot.settable:
             wrapper = wrapt.FunctionWrapper(chain.raw_original, guard)
             chain.slot.put(wrapper, chain.owner)
@@ -104,17 +109,74 @@ class _Installed:
         from .neighbours import describe
 
         self.guard.enabled = False
-        layer = self.chain().find(self.wrapper)
-        if layer is None:
-            return f"{self.target.label}: left as it is, it had already been replaced by someone else"
-        if layer.slot.settable:
-            layer.slot.put(self.wrapper.__wrapped__, self.owner)
-            return None
+        with _swap_lock:  # a first use does not put the wrapt wrapper back while we take it off
+            layer = self.chain().find(self.wrapper)
+            if layer is None:
+                return f"{self.target.label}: left as it is, it had already been replaced by someone else"
+            if layer.slot.settable:
+                layer.slot.put(self.wrapper.__wrapped__, self.owner)
+                return None
         holder = layer.slot.holder
         return (
             f"{self.target.label}: switched the guard off in place, because another wrapper "
             f"({describe(holder)}) holds it where it cannot be taken out; that one was left working"
         )
+
+
+_swap_lock = threading.Lock()  # held for a few instructions: a fork waits for them, as for _lock
+os.register_at_fork(
+    before=_swap_lock.acquire, after_in_parent=_swap_lock.release, after_in_child=_swap_lock.release
+)
+
+
+class _WrappedAtFirstUse:
+    """The guard on RQ's method until the method is first looked up (or, for a module-level
+    function, called): then the wrapt wrapper is made and put where this stood, and every later
+    call goes straight to it. Importing wrapt is half of what the guard would otherwise add to
+    ``import rq`` (issue 16); a process that never enqueues (``rq info``, most workers) never
+    pays it, one that does pays it once, at its first enqueue.
+
+    To neighbours.py it looks like a wrapt wrapper of ours (``__wrapped__``, ``_self_wrapper``),
+    so that status, revert and another copy of the package see the guard; ``_self_successor`` is
+    the wrapt wrapper that took its place. Another library that wrapped this before the first
+    use (taking it from the class's ``__dict__``) keeps it: each call then passes through here."""
+
+    __slots__ = ("__wrapped__", "_name", "_owner", "_self_successor", "_self_wrapper")
+
+    def __init__(self, original: Any, guard: Any, owner: Any, name: str) -> None:
+        self.__wrapped__, self._self_wrapper = original, guard
+        self._owner, self._name = owner, name
+        self._self_successor: Any = None
+
+    def _successor(self) -> Any:
+        wrapper = self._self_successor
+        if wrapper is not None:
+            return wrapper
+        try:
+            import wrapt  # outside our lock: an import takes locks of its own
+        except Exception as exc:  # there at install (_require), broken since: RQ's own, and why
+            self._self_wrapper.enabled = False
+            with _swap_lock:
+                if self._owner.__dict__.get(self._name) is self:
+                    setattr(self._owner, self._name, self.__wrapped__)
+            say_once(f"{self._name} left to RQ: wrapt could not be imported at its first use: {exc!r}")
+            return self.__wrapped__
+        with _swap_lock:
+            if self._self_successor is None:
+                wrapper = wrapt.FunctionWrapper(self.__wrapped__, self._self_wrapper)
+                if self._owner.__dict__.get(self._name) is self:  # not taken off, nor wrapped over
+                    setattr(self._owner, self._name, wrapper)
+                self._self_successor = wrapper
+            return self._self_successor
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        return self._successor().__get__(instance, owner)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # a module-level function (rq.queue's)
+        return self._successor()(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # __name__, __code__, ...: RQ's, as wrapt's proxies do
+        return getattr(self.__wrapped__, name)
 
 
 def _alongside(installed: _Installed, chain: Any) -> str | None:
@@ -499,6 +561,7 @@ def _put_on(usable: dict[Any, Any]) -> None:
     is already on it."""
     global _unguarded
 
+    _require("wrapt")  # imported at the guards' first use: known to be there before they go on
     detected = _guarded_ids()
     guarded = {(installed.target, installed.owner) for installed in _installed}
     for target, chain in usable.items():
@@ -528,6 +591,16 @@ def _put_on(usable: dict[Any, Any]) -> None:
         if chain.original is None and target not in guarded
     ]
     _describe_installed()
+
+
+def _require(module: str) -> None:
+    """Raise ModuleNotFoundError now, where RQ can still be left untouched, if ``module`` is not
+    installed; finds it without importing it."""
+    if sys.modules.get(module) is None:  # None there: a blocked import (find_spec says so)
+        import importlib.util
+
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
 
 
 def _guarded_ids() -> frozenset[str]:

@@ -594,6 +594,6 @@ def test_kill_switch_spellings(value: str, patched: bool, complaint: bool) -> No
     )
     assert shown.returncode == 0, shown.stderr
     kind, note = json.loads(shown.stdout)
-    assert (kind == "FunctionWrapper") is patched
+    assert (kind == "_WrappedAtFirstUse") is patched
     assert ("RQ_PIPELINE_FIX_DISABLE" in note) is not patched
     assert ("is not one of" in shown.stderr) is complaint

@@ -216,4 +216,4 @@ def test_run_is_the_runner() -> None:
     code = "from rq.queue import Queue; print(type(Queue.__dict__['setup_dependencies']).__name__)"
     shown = cli("run", "--", "python", "-c", code)
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.strip() == "FunctionWrapper"
+    assert shown.stdout.strip() == "_WrappedAtFirstUse"

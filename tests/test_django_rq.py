@@ -61,7 +61,7 @@ def django_rq(django_settings: None, connection: redis.Redis) -> Iterator[Any]:
 
     from rq_pipeline_fix import djangorq
 
-    wrapped = type(DjangoRQ.__dict__["enqueue_call"]).__name__ == "FunctionWrapper"
+    wrapped = type(DjangoRQ.__dict__["enqueue_call"]).__name__ in ("FunctionWrapper", "_WrappedAtFirstUse")
     if rq_pipeline_fix.status().active and not wrapped:  # (not under the `unpatched` fixture)
         # An earlier test module cleared our import hook for django_rq.queues: put it on again.
         rq_pipeline_fix.revert()
@@ -264,4 +264,4 @@ def test_django_rq_is_wrapped_whatever_the_import_order(order: str) -> None:
     )
     assert shown.returncode == 0, shown.stderr
     kind, note = json.loads(shown.stdout)
-    assert kind == "FunctionWrapper" and "guard on DjangoRQ.enqueue_call" in note
+    assert kind == "_WrappedAtFirstUse" and "guard on DjangoRQ.enqueue_call" in note

@@ -163,7 +163,7 @@ RUNS = 8  # each run is one process's first import; every one deadlocked the hoo
 def test_first_imports_of_rq_in_two_threads_at_once_put_the_guard_on() -> None:
     outcomes = [run_python(CONCURRENT_FIRST_IMPORTS) for _ in range(RUNS)]
     assert [(shown.stdout.split(), shown.returncode) for shown in outcomes] == [
-        (["[]", "FunctionWrapper", "True", "[]"], 0)
+        (["[]", "_WrappedAtFirstUse", "True", "[]"], 0)
     ] * RUNS, "\n".join(shown.stderr for shown in outcomes)
 
 
@@ -194,7 +194,7 @@ print(rq_pipeline_fix.status().active)
 def test_another_finder_that_finds_rq_itself_does_not_keep_the_guard_off() -> None:
     shown = run_python(ANOTHER_FINDER_FINDS_RQ)
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.split() == ["FunctionWrapper", "True"]
+    assert shown.stdout.split() == ["_WrappedAtFirstUse", "True"]
 
 
 RELOAD_RQ_QUEUE = f"""
@@ -212,7 +212,7 @@ print(rq_pipeline_fix.status().active)
 def test_reload_of_rq_queue_guards_the_new_queue_class() -> None:
     shown = run_python(RELOAD_RQ_QUEUE)
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.split() == ["FunctionWrapper", "True"]
+    assert shown.stdout.split() == ["_WrappedAtFirstUse", "True"]
 
 
 RELOAD_BEHIND_ANOTHER_FINDER = f"""
@@ -245,5 +245,5 @@ def test_after_a_reload_the_hook_missed_status_says_so_and_apply_guards_the_new_
     assert first[0].strip() == "False" and "reloaded" in first[1]
     # the new Queue's defects are reported unpatched, not the old class's guard counted
     assert "'D2'" in unpatched_after_reload and unpatched_after_reload.endswith("False")
-    assert second == "FunctionWrapper"
+    assert second == "_WrappedAtFirstUse"
     assert unpatched_after_apply == "[]"

@@ -44,6 +44,11 @@ def is_ours(layer: object) -> bool:
     return str(getattr(wrapper, "__module__", "")).startswith("rq_pipeline_fix")
 
 
+def is_layer(obj: object) -> bool:
+    """A wrapt proxy, or a guard of ours not used yet (it becomes a wrapt wrapper at first use)."""
+    return isinstance(obj, PROXY) or is_ours(obj)
+
+
 def is_enabled(layer: object) -> bool:
     """Our wrapper's own off switch (``revert()`` turns it off when it cannot unwrap)."""
     wrapper: Any = getattr(layer, "_self_wrapper", None)
@@ -71,7 +76,7 @@ def guard_layers() -> dict[str, list[bool]]:
         if owner is None or target.name not in owner.__dict__:
             continue
         layer, layers = owner.__dict__[target.name], []
-        while isinstance(layer, PROXY):
+        while is_layer(layer):
             if is_ours(layer):
                 layers.append(is_enabled(layer))
             layer = getattr(layer, "__wrapped__", None)
@@ -80,7 +85,7 @@ def guard_layers() -> dict[str, list[bool]]:
 
 
 def innermost(attribute: object) -> object:
-    while isinstance(attribute, PROXY):
+    while is_layer(attribute):
         attribute = getattr(attribute, "__wrapped__", None)
     return attribute
 
@@ -107,7 +112,7 @@ def originals() -> Iterator[dict[str, tuple[type, object]]]:
         owner = target_owner(target)
         if owner is not None and target.name in owner.__dict__:
             found[target.label] = (owner, owner.__dict__[target.name])
-    assert not any(isinstance(attribute, PROXY) for _, attribute in found.values())
+    assert not any(is_layer(attribute) for _, attribute in found.values())
     yield found
     rq_pipeline_fix.revert()
     for label, (owner, attribute) in found.items():
@@ -167,6 +172,70 @@ def test_apply_and_revert_racing_in_threads_leave_one_guard_or_the_originals(
     )
     rq_pipeline_fix.apply()
     assert guard_layers() == expected_layers
+
+
+def test_first_uses_in_many_threads_at_once_leave_one_wrapt_guard_and_every_batch_whole(
+    originals: dict[str, tuple[type, object]], connection: redis.Redis
+) -> None:
+    rq_pipeline_fix.apply()
+    assert type(Queue.__dict__["setup_dependencies"]).__name__ == "_WrappedAtFirstUse"
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def enqueue_a_batch(index: int) -> None:  # needs the guard on every RQ: a command before the enqueues
+        start.wait()
+        try:
+            with connection.pipeline() as pipe:
+                pipe.incr("batches")
+                Queue("high", connection=connection).enqueue_call(record, job_id=f"a{index}", pipeline=pipe)
+                Queue("low", connection=connection).enqueue_call(
+                    record, job_id=f"b{index}", depends_on=f"a{index}", pipeline=pipe
+                )
+                pipe.execute()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=enqueue_a_batch, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert errors == []
+    assert int(connection.get("batches") or 0) == 8 and connection.llen("rq:queue:high") == 8
+    assert connection.llen("rq:queue:low") == 0
+    assert {Job.fetch(f"b{i}", connection=connection).get_status() for i in range(8)} == {JobStatus.DEFERRED}
+    wrapper = Queue.__dict__["setup_dependencies"]
+    assert isinstance(wrapper, wrapt.FunctionWrapper)
+    assert wrapper.__wrapped__ is originals["Queue.setup_dependencies"][1]
+
+
+def test_revert_around_a_first_use_in_another_thread_leaves_rqs_own_method(
+    originals: dict[str, tuple[type, object]],
+) -> None:
+    """Whichever comes first, the first use (the wrapt wrapper takes the guard's place) or
+    revert(), RQ's own method is what is left. (The narrowest overlap, between the first use's
+    check that the guard is still there and its write, is closed by a lock that this test does
+    not reliably reach.)"""
+    owner, original = originals["Queue.setup_dependencies"]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can: the two meet mid-way
+    try:
+        for _ in range(200):
+            rq_pipeline_fix.apply()
+            start = threading.Barrier(2)
+
+            def first_use(start: threading.Barrier = start) -> None:
+                start.wait()
+                Queue.setup_dependencies  # noqa: B018  (a lookup, as every call makes)
+
+            user = threading.Thread(target=first_use)
+            user.start()
+            start.wait()
+            rq_pipeline_fix.revert()
+            user.join(TIMEOUT)
+            assert owner.__dict__["setup_dependencies"] is original
+    finally:
+        sys.setswitchinterval(interval)
 
 
 # A post-import hook of the test's own, registered before rq_pipeline_fix's so that it runs first

@@ -50,8 +50,18 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_apply_wraps_the_original_and_revert_puts_back_the_same_object(original: Any) -> None:
     rq_pipeline_fix.apply()
+    assert type(current()).__name__ == "_WrappedAtFirstUse"  # the wrapt wrapper is made at first use
+    assert current().__wrapped__ is original
+    rq_pipeline_fix.revert()
+    assert current() is original
+
+
+def test_the_first_use_puts_the_wrapt_wrapper_in_the_guards_place(original: Any) -> None:
+    rq_pipeline_fix.apply()
+    Queue.setup_dependencies  # noqa: B018  (a lookup, as every call makes)
     assert isinstance(current(), wrapt.FunctionWrapper)
     assert current().__wrapped__ is original
+    assert rq_pipeline_fix.status().active
     rq_pipeline_fix.revert()
     assert current() is original
 
@@ -138,7 +148,7 @@ def test_import_does_not_import_rq_and_patches_when_rq_arrives() -> None:
         "print(type(Queue.__dict__['setup_dependencies']).__name__, rq_pipeline_fix.status().active)"
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["FunctionWrapper", "True"]
+    assert result.stdout.split() == ["_WrappedAtFirstUse", "True"]
 
 
 def test_apply_before_rq_is_imported_wraps_once() -> None:
@@ -154,7 +164,16 @@ def test_import_after_rq_patches_at_once() -> None:
         "import rq, rq_pipeline_fix; from rq.queue import Queue;"
         "print(type(Queue.__dict__['setup_dependencies']).__name__)"
     )
-    assert result.stdout.split() == ["FunctionWrapper"], result.stderr
+    assert result.stdout.split() == ["_WrappedAtFirstUse"], result.stderr
+
+
+def test_wrapt_is_imported_at_the_first_use_of_a_guarded_method_not_at_rqs_import() -> None:
+    result = run_python(
+        "import sys, rq, rq_pipeline_fix; from rq.queue import Queue; print('wrapt' in sys.modules);"
+        "Queue.setup_dependencies;"
+        "print('wrapt' in sys.modules, type(Queue.__dict__['setup_dependencies']).__name__)"
+    )
+    assert result.stdout.split() == ["False", "True", "FunctionWrapper"], result.stderr
 
 
 def test_a_method_of_a_shape_we_cannot_guard_is_undecided_not_absent() -> None:
@@ -187,8 +206,8 @@ def test_a_method_of_a_shape_we_cannot_guard_is_undecided_not_absent() -> None:
 )
 def test_kill_switch(value: str, patched: bool, complaint: bool) -> None:
     result = run_python(
-        "import json, rq_pipeline_fix, rq; from rq.queue import Queue; import wrapt;"
-        "print(json.dumps([isinstance(Queue.__dict__['setup_dependencies'], wrapt.FunctionWrapper),"
+        "import json, rq_pipeline_fix, rq; from rq.queue import Queue;"
+        "print(json.dumps([type(Queue.__dict__['setup_dependencies']).__name__ == '_WrappedAtFirstUse',"
         " rq_pipeline_fix.status().note]))",
         RQ_PIPELINE_FIX_DISABLE=value,
     )
@@ -295,6 +314,25 @@ def test_a_dependency_missing_from_the_install_leaves_rq_untouched_and_says_why_
     (active, note), kind, warned = shown.stdout.splitlines()[0].split(" | "), *shown.stdout.splitlines()[1:]
     assert active == "False" and note.startswith("left RQ untouched") and "wrapt" in note
     assert kind == "function" and warned == "1"  # RQ's own method; one warning, not one per try
+
+
+WRAPT_BROKEN_AFTER_THE_GUARD_WENT_ON = """
+import sys, warnings
+import rq, rq_pipeline_fix
+from rq.queue import Queue
+sys.modules["wrapt"] = None  # found at rq's import, unimportable at the first use
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    method = Queue.setup_dependencies
+print(type(Queue.__dict__["setup_dependencies"]).__name__, method is Queue.__dict__["setup_dependencies"])
+print(sum("wrapt could not be imported at its first use" in str(w.message) for w in caught))
+"""
+
+
+def test_wrapt_broken_at_the_first_use_leaves_rqs_own_method_and_says_why() -> None:
+    shown = run_python(WRAPT_BROKEN_AFTER_THE_GUARD_WENT_ON)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == ["function True", "1"]
 
 
 def test_status_and_apply_never_raise_even_when_the_report_cannot_be_built() -> None:

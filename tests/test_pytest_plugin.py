@@ -39,7 +39,7 @@ def enqueue_across_queues_after_a_command():
 def test_one_pipeline_across_queues():
     setup_dependencies = Queue.__dict__["setup_dependencies"]
     if GUARDED:
-        assert type(setup_dependencies).__name__ == "FunctionWrapper"
+        assert type(setup_dependencies).__name__ == "_WrappedAtFirstUse"
         enqueue_across_queues_after_a_command()
     else:
         assert type(setup_dependencies) is types.FunctionType

@@ -98,14 +98,14 @@ def test_kill_switch_leaves_rq_untouched_in_the_worker(
 def test_guard_is_armed_in_any_python_the_command_starts() -> None:
     shown = run([console_script("rq-pipeline-fix-run"), "python", "-c", SHOW_GUARD])
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.strip() == "FunctionWrapper"
+    assert shown.stdout.strip() == "_WrappedAtFirstUse"
 
 
 def test_user_sitecustomize_that_raises_is_reported_and_start_up_goes_on(tmp_path: Path) -> None:
     folder = user_sitecustomize(tmp_path, "import a_module_that_does_not_exist\n")
     shown = run([console_script("rq-pipeline-fix-run"), "python", "-c", SHOW_GUARD], PYTHONPATH=str(folder))
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.strip() == "FunctionWrapper"
+    assert shown.stdout.strip() == "_WrappedAtFirstUse"
     assert f"the sitecustomize at {folder / 'sitecustomize.py'} raised ModuleNotFoundError" in shown.stderr
 
 
