@@ -93,6 +93,9 @@ class _Installed:
         """What happened to the guard since it went on, if it is no longer in place and on."""
         from .neighbours import describe
 
+        failed = getattr(self.wrapper, "_self_failed", "")
+        if failed:
+            return f"{self.target.label}: RQ's own method is back: {failed}"
         if chain.find(self.wrapper) is None:
             now = chain.layers[0].obj if chain.layers else chain.original
             return (
@@ -124,8 +127,22 @@ class _Installed:
 
 
 _swap_lock = threading.Lock()  # held for a few instructions: a fork waits for them, as for _lock
+
+
+def _before_fork() -> None:
+    """A fork in the middle of another thread's first use would leave the child wrapt's import
+    lock, held by a thread it does not have: its own first use would wait for ever. Importing
+    wrapt here waits for that import to end (or makes it, once, for every child to come: a
+    worker's work horses then inherit it)."""
+    imported = sys.modules.get("wrapt")
+    if _installed and (imported is None or getattr(imported.__spec__, "_initializing", False)):
+        with contextlib.suppress(Exception):
+            import wrapt  # noqa: F401  (half-imported by another thread: waits for its end)
+    _swap_lock.acquire()
+
+
 os.register_at_fork(
-    before=_swap_lock.acquire, after_in_parent=_swap_lock.release, after_in_child=_swap_lock.release
+    before=_before_fork, after_in_parent=_swap_lock.release, after_in_child=_swap_lock.release
 )
 
 
@@ -141,12 +158,13 @@ class _WrappedAtFirstUse:
     the wrapt wrapper that took its place. Another library that wrapped this before the first
     use (taking it from the class's ``__dict__``) keeps it: each call then passes through here."""
 
-    __slots__ = ("__wrapped__", "_name", "_owner", "_self_successor", "_self_wrapper")
+    __slots__ = ("__wrapped__", "_name", "_owner", "_self_failed", "_self_successor", "_self_wrapper")
 
     def __init__(self, original: Any, guard: Any, owner: Any, name: str) -> None:
         self.__wrapped__, self._self_wrapper = original, guard
         self._owner, self._name = owner, name
         self._self_successor: Any = None
+        self._self_failed = ""  # why the wrapt wrapper could not be made: RQ's own is back
 
     def _successor(self) -> Any:
         wrapper = self._self_successor
@@ -156,10 +174,11 @@ class _WrappedAtFirstUse:
             import wrapt  # outside our lock: an import takes locks of its own
         except Exception as exc:  # there at install (_require), broken since: RQ's own, and why
             self._self_wrapper.enabled = False
+            self._self_failed = f"wrapt could not be imported at the guard's first use: {exc!r}"
             with _swap_lock:
                 if self._owner.__dict__.get(self._name) is self:
                     setattr(self._owner, self._name, self.__wrapped__)
-            say_once(f"{self._name} left to RQ: wrapt could not be imported at its first use: {exc!r}")
+            say_once(f"guards taken off at their first use, RQ's own methods left: {self._self_failed}")
             return self.__wrapped__
         with _swap_lock:
             if self._self_successor is None:
@@ -177,6 +196,12 @@ class _WrappedAtFirstUse:
 
     def __getattr__(self, name: str) -> Any:  # __name__, __code__, ...: RQ's, as wrapt's proxies do
         return getattr(self.__wrapped__, name)
+
+    # What the class itself would answer, RQ's too, as wrapt's proxies do: mock's autospec, pydoc
+    # and inspect.isfunction take this for the function it stands for.
+    __class__ = property(lambda self: type(self.__wrapped__))
+    __doc__ = property(lambda self: self.__wrapped__.__doc__)
+    __module__ = property(lambda self: self.__wrapped__.__module__)
 
 
 def _alongside(installed: _Installed, chain: Any) -> str | None:
@@ -243,8 +268,9 @@ def say_once(message: str) -> None:
 
 
 def _leave_rq_alone(reason: str) -> None:
-    global _note
+    global _note, _wanted
     _note = reason
+    _wanted = False  # nothing more goes on: no late target, no guard a report finds missing
     say_once(reason)
 
 

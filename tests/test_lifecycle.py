@@ -376,6 +376,60 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
+# A fork while another thread is inside its first use, importing wrapt (held there by a finder of
+# the test's): the child must not inherit wrapt's import lock from a thread it does not have.
+FORK_DURING_A_FIRST_USE = """
+import os, sys, threading, time
+import redis, rq, rq_pipeline_fix
+from rq.queue import Queue
+from tests.jobs import record
+
+entered = threading.Event()
+
+class SlowWrapt:  # ahead of every finder: holds the other thread's import of wrapt for a second
+    def find_spec(self, name, path=None, target=None):
+        if name == "wrapt" and threading.current_thread() is not threading.main_thread():
+            entered.set()
+            time.sleep(1.0)
+        return None
+
+sys.meta_path.insert(0, SlowWrapt())
+user = threading.Thread(target=lambda: Queue.setup_dependencies)
+user.start()
+assert entered.wait(30)
+pid = os.fork()
+if pid == 0:  # the child's first enqueue: a batch that needs the guard
+    connection = redis.Redis.from_url(sys.argv[1])
+    with connection.pipeline() as pipe:
+        pipe.incr("batches")
+        Queue("high", connection=connection).enqueue_call(record, job_id="a", pipeline=pipe)
+        Queue("low", connection=connection).enqueue_call(record, job_id="b", depends_on="a", pipeline=pipe)
+        pipe.execute()
+    os._exit(0)
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("exit", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    print("hung")
+user.join()
+"""
+
+
+def test_fork_during_another_threads_first_use_leaves_the_child_a_working_guard(
+    connection: redis.Redis, redis_url: str
+) -> None:
+    shown = run_python(FORK_DURING_A_FIRST_USE, redis_url)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == ["exit", "0"], shown.stderr
+    assert int(connection.get("batches") or 0) == 1 and connection.llen("rq:queue:high") == 1
+    assert Job.fetch("b", connection=connection).get_status() == JobStatus.DEFERRED
+
+
 def test_forked_child_enqueues_a_batch_that_needs_the_guard(connection: redis.Redis, redis_url: str) -> None:
     """The child inherits the patched classes and our module state; the parent's batch, WATCHing
     through the guard when it forked, still lands after the child's."""

@@ -316,6 +316,28 @@ def test_a_dependency_missing_from_the_install_leaves_rq_untouched_and_says_why_
     assert kind == "function" and warned == "1"  # RQ's own method; one warning, not one per try
 
 
+AUTOSPEC_BEFORE_THE_FIRST_USE = """
+from unittest import mock
+import rq, rq_pipeline_fix
+from rq.queue import Queue
+queue = Queue.__new__(Queue)  # no connection needed: the method is mocked
+with mock.patch.object(Queue, "setup_dependencies", autospec=True) as patched:
+    queue.setup_dependencies("job", pipeline=None)
+    patched.assert_called_once_with(queue, "job", pipeline=None)  # self recorded, as for a function
+    try:
+        queue.setup_dependencies("job", 1, 2, 3, bogus=1)
+    except TypeError:
+        print("signature enforced")
+print(type(Queue.__dict__["setup_dependencies"]).__name__)
+"""
+
+
+def test_mock_autospec_before_the_first_use_sees_rqs_function() -> None:
+    shown = run_python(AUTOSPEC_BEFORE_THE_FIRST_USE)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == ["signature enforced", "_WrappedAtFirstUse"]
+
+
 WRAPT_BROKEN_AFTER_THE_GUARD_WENT_ON = """
 import sys, warnings
 import rq, rq_pipeline_fix
@@ -325,7 +347,7 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     method = Queue.setup_dependencies
 print(type(Queue.__dict__["setup_dependencies"]).__name__, method is Queue.__dict__["setup_dependencies"])
-print(sum("wrapt could not be imported at its first use" in str(w.message) for w in caught))
+print(sum("wrapt could not be imported at the guard's first use" in str(w.message) for w in caught))
 """
 
 
