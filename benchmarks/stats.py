@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -33,8 +34,8 @@ def median_interval(samples: Sequence[float]) -> tuple[float, float] | None:
     if n < 6:
         return None
     half_width = 1.96 * n**0.5 / 2
-    low = max(0, int(n / 2 - half_width))
-    high = min(n - 1, int(-(-(n / 2 + half_width) // 1)))
+    low = max(0, math.floor(n / 2 - half_width))
+    high = min(n - 1, math.ceil(n / 2 + half_width))
     return ordered[low], ordered[high]
 
 

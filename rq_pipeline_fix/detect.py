@@ -103,16 +103,21 @@ def _release(text: str) -> tuple[int, ...] | None:
     try:
         return _releases[text]  # the same dozen strings, read for every defect at rq's import
     except KeyError:
-        pass
-    parts = text.strip().split(".")
-    numbers = [int(part) for part in parts] if all(part.isdigit() for part in parts) else None
-    while numbers is not None and len(numbers) > 1 and numbers[-1] == 0:  # 2.3 is 2.3.0
-        numbers.pop()
-    release = _releases[text] = None if numbers is None else tuple(numbers)
-    return release
+        release = _releases[text] = _parse_release(text)
+        return release
 
 
 _releases: dict[str, tuple[int, ...] | None] = {}
+
+
+def _parse_release(text: str) -> tuple[int, ...] | None:
+    parts = text.strip().split(".")
+    if not all(part.isdigit() for part in parts):
+        return None
+    numbers = [int(part) for part in parts]
+    while len(numbers) > 1 and numbers[-1] == 0:  # 2.3 is 2.3.0
+        numbers.pop()
+    return tuple(numbers)
 
 
 class Finding:

@@ -134,8 +134,9 @@ def _before_fork() -> None:
     lock, held by a thread it does not have: its own first use would wait for ever. Importing
     wrapt here waits for that import to end (or makes it, once, for every child to come: a
     worker's work horses then inherit it)."""
-    imported = sys.modules.get("wrapt")
-    if _installed and (imported is None or getattr(imported.__spec__, "_initializing", False)):
+    from .importhook import is_initialised  # loaded with the package: no import here
+
+    if _installed and not is_initialised("wrapt"):
         with contextlib.suppress(Exception):
             import wrapt  # noqa: F401  (half-imported by another thread: waits for its end)
     _swap_lock.acquire()
@@ -176,17 +177,20 @@ class _WrappedAtFirstUse:
             self._self_wrapper.enabled = False
             self._self_failed = f"wrapt could not be imported at the guard's first use: {exc!r}"
             with _swap_lock:
-                if self._owner.__dict__.get(self._name) is self:
-                    setattr(self._owner, self._name, self.__wrapped__)
+                self._step_aside_for(self.__wrapped__)
             say_once(f"guards taken off at their first use, RQ's own methods left: {self._self_failed}")
             return self.__wrapped__
         with _swap_lock:
             if self._self_successor is None:
-                wrapper = wrapt.FunctionWrapper(self.__wrapped__, self._self_wrapper)
-                if self._owner.__dict__.get(self._name) is self:  # not taken off, nor wrapped over
-                    setattr(self._owner, self._name, wrapper)
-                self._self_successor = wrapper
+                self._self_successor = wrapt.FunctionWrapper(self.__wrapped__, self._self_wrapper)
+                self._step_aside_for(self._self_successor)
             return self._self_successor
+
+    def _step_aside_for(self, replacement: Any) -> None:
+        """Put ``replacement`` where this stands, if it still does (not taken off, nor wrapped
+        over by another library); under ``_swap_lock``, which revert() takes too."""
+        if self._owner.__dict__.get(self._name) is self:
+            setattr(self._owner, self._name, replacement)
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
         return self._successor().__get__(instance, owner)
