@@ -97,9 +97,9 @@ def test_under_the_kill_switch_a_child_that_prints_at_start_up_still_lists_what_
 
 def test_status_exits_1_when_a_probe_cannot_tell_and_the_version_table_says_affected() -> None:
     code = (
-        "import sys, rq_pipeline_fix.detect as detect\n"
+        "import sys, rq_pipeline_fix.probes as probes\n"
         "def broken(kit): raise RuntimeError('probe broken on purpose')\n"
-        "detect.PROBES['D2'] = broken\n"
+        "probes.PROBES['D2'] = broken\n"
         "from rq_pipeline_fix.cli import main\n"
         "sys.exit(main(['status', '--json']))\n"
     )
@@ -114,10 +114,10 @@ def test_status_exits_1_when_a_probe_cannot_tell_and_the_version_table_says_affe
 
 # A probe that cannot tell, on an RQ past the version table (as after an upgrade): D2 undecided.
 UNDECIDED_D2 = (
-    "import sys, rq_pipeline_fix.detect as detect\n"
+    "import sys, rq_pipeline_fix.detect as detect, rq_pipeline_fix.probes as probes\n"
     "detect.LAST_MEASURED_RQ = '0.1'\n"
-    "def cannot_tell(kit): raise detect.ProbeTouchedRedis('the probed code sent a command')\n"
-    "detect.PROBES['D2'] = cannot_tell\n"
+    "def cannot_tell(kit): raise probes.ProbeTouchedRedis('the probed code sent a command')\n"
+    "probes.PROBES['D2'] = cannot_tell\n"
     "from rq_pipeline_fix.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )

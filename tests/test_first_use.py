@@ -3,7 +3,7 @@ it (the answer is then remembered), and status() probes whatever is still pendin
 reports what probing at rq's import reported.
 
 Each test runs in a fresh interpreter, where nothing has been probed yet; the probes are counted
-through ``detect.PROBES``, the table every probe is looked up in.
+through ``probes.PROBES``, the table every probe is looked up in.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from tests.conftest import child_environment
 COUNTING = """
 import json, sys
 import rq_pipeline_fix
-from rq_pipeline_fix import detect, guard, patcher
+from rq_pipeline_fix import detect, guard, patcher, probes
 
 ran = []
-for name, probe in list(detect.PROBES.items()):
+for name, probe in list(probes.PROBES.items()):
     def counted(kit, name=name, probe=probe):
         ran.append(name)
         return probe(kit)
-    detect.PROBES[name] = counted
+    probes.PROBES[name] = counted
 {before_rq}
 import redis
 from rq import Queue
@@ -120,7 +120,7 @@ def test_first_dependent_job_into_a_multi_pipeline_probes_d3_and_is_deferred(red
 
 
 def test_a_defect_the_first_use_probe_finds_absent_leaves_rqs_own_code_running(redis_url: str) -> None:
-    rq_correct = "detect.PROBES['D3'] = lambda kit: ran.append('D3') or False"
+    rq_correct = "probes.PROBES['D3'] = lambda kit: ran.append('D3') or False"
     shown = run_child(redis_url, DEPENDENT_INTO_MULTI, before_rq=rq_correct)
     assert shown["at_use"] == ["D3"] and shown["stepped_in"] == {}
     assert "Cannot issue a WATCH after a MULTI" in str(shown["outcome"])  # RQ's own error
@@ -133,7 +133,7 @@ def test_a_first_use_probe_that_fails_leaves_rqs_own_code_running_and_says_why(r
         "def broken(kit):\n"
         "    ran.append('D3')\n"
         "    raise RuntimeError('probe broken on purpose')\n"
-        "detect.PROBES['D3'] = broken"
+        "probes.PROBES['D3'] = broken"
     )
     shown = run_child(redis_url, DEPENDENT_INTO_MULTI, before_rq=broken)
     assert shown["at_use"] == ["D3"] and shown["stepped_in"] == {}
@@ -228,14 +228,14 @@ def test_a_jobs_timeout_striking_during_the_first_use_probe_reaches_the_job_and_
     first dependent enqueue. The timeout is the job's; the defect stays to be probed at the next."""
     strikes_once = (
         "from rq.timeouts import JobTimeoutException\n"
-        "real_d3 = detect.PROBES['D3']\n"
+        "real_d3 = probes.PROBES['D3']\n"
         "def strikes(kit):\n"
         "    if not extra_state:\n"
         "        extra_state.append(1)\n"
         "        raise JobTimeoutException('Task exceeded maximum timeout value (1 seconds)')\n"
         "    return real_d3(kit)\n"
         "extra_state = []\n"
-        "detect.PROBES['D3'] = strikes"
+        "probes.PROBES['D3'] = strikes"
     )
     code = f"""
 try:

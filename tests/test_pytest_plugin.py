@@ -118,15 +118,16 @@ def test_runs():
 # D2's probe cannot tell, and the installed RQ is past the version table (as after an upgrade).
 UNDECIDED_D2 = """
 import rq_pipeline_fix.detect as detect
+import rq_pipeline_fix.probes as probes
 
 detect.LAST_MEASURED_RQ = "0.1"
 
 
 def cannot_tell(kit):
-    raise detect.ProbeTouchedRedis("the probed code sent a command to Redis")
+    raise probes.ProbeTouchedRedis("the probed code sent a command to Redis")
 
 
-detect.PROBES["D2"] = cannot_tell
+probes.PROBES["D2"] = cannot_tell
 """
 
 STRICT_INI = "[pytest]\nrq_pipeline_fix_strict = true\n"
