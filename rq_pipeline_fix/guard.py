@@ -1,5 +1,5 @@
-"""The transaction-aware guards: what we wrap in RQ, and what each wrapper does in each state of
-the caller's pipeline.
+"""The transaction-aware guards: what each one does in each state of the caller's pipeline (the
+methods they go on are targets.py's). Loaded at the guards' first use, not at rq's import.
 
 RQ ends ``Queue.setup_dependencies`` by switching the caller's pipeline to MULTI; redis-py
 refuses that when the pipeline is already in MULTI (D1) or already holds commands (D2), and RQ's
@@ -28,8 +28,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from redis.client import Pipeline  # fakeredis pipelines subclass it; ClusterPipeline does not
 
 from .pipelines import PipelineState, note_written, pipeline_state, start_transaction
+from .targets import QUEUE_MODULE
 
 if TYPE_CHECKING:
+    from .targets import Target
+
     Refusal = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]
 
 Action = Callable[..., Any]
@@ -210,10 +213,17 @@ def _for_patched(table: dict[str, Decision] | None, patched: frozenset[str]) -> 
     }
 
 
-def by_state(target: Target, patched: frozenset[str]) -> Any:
-    """The wrapt wrapper for a target with decision tables: looks up the caller's pipeline state
-    and steps in for patched defects; any other call goes to RQ's own code, so the guard is
-    invisible wherever the installed RQ is already right. A target with ``refuse`` first refuses,
+def by_state(
+    target: Target,
+    patched: frozenset[str],
+    decisions: dict[str, Decision],
+    decisions_with_dependencies: dict[str, Decision] | None = None,
+    refuse: Refusal | None = None,
+) -> Any:
+    """The wrapt wrapper for a target with decision tables (``decisions_with_dependencies``: for
+    a job with dependencies, where that differs): looks up the caller's pipeline state and steps in for
+    patched defects; any other call goes to RQ's own code, so the guard is invisible wherever the
+    installed RQ is already right. With ``refuse`` it first refuses,
     with a TypeError, a ``pipeline=`` that is not redis-py's where RQ would write part of the call
     through it and then fail.
 
@@ -231,10 +241,9 @@ def by_state(target: Target, patched: frozenset[str]) -> Any:
     subject_name = names[0]
     at = len(names) - 1  # the pipeline is the last parameter we know
     method = target.label
-    table = _for_patched(target.table, patched)
-    with_dependencies = target.table_with_dependencies
+    table = _for_patched(decisions, patched)
+    with_dependencies = decisions_with_dependencies
     dependent = _for_patched(with_dependencies, patched) if with_dependencies is not None else None
-    refuse = target.refuse
     multi = PipelineState.MULTI  # tested inline: the state of all but the first enqueue into a pipeline
     tables = [reduced for reduced in (table, dependent) if reduced is not None]
 
@@ -385,7 +394,6 @@ class GroupInTransaction(_Wrapper):
         return _function_of(wrapped)(group, *args, **kwargs)
 
 
-QUEUE_MODULE = "rq.queue"
 _FRAMES_TO_SEARCH = 12  # ours, wrapt's (in its pure-Python mode), then RQ's: enqueue_at > ... > run_sync
 
 
@@ -414,25 +422,6 @@ def callers_pipeline() -> tuple[str, Any]:
             break
         frame = frame.f_back
     return caller, pipe
-
-
-def callers_without_pipeline(name: str, but: tuple[str, ...] = ()) -> str | None:
-    """Why ``callers_pipeline`` cannot find the caller's pipeline for ``name`` in this RQ: no
-    method of Queue calls it, or one (other than those in ``but``, which are wrapped themselves)
-    has no ``pipeline`` parameter. None: it can."""
-    queue_class = getattr(sys.modules.get(QUEUE_MODULE), "Queue", None)
-    callers = [
-        function
-        for function in vars(queue_class or object).values()
-        if name in getattr(getattr(function, "__code__", None), "co_names", ())
-    ]
-    if not callers:
-        return f"no method of {QUEUE_MODULE}.Queue calls {name}"
-    for function in callers:
-        code = function.__code__
-        if function.__name__ not in but and "pipeline" not in code.co_varnames[: code.co_argcount]:
-            return f"{QUEUE_MODULE}.Queue.{function.__name__} calls {name} without a pipeline parameter"
-    return None
 
 
 class UniqueInTransaction(_Wrapper):
@@ -508,187 +497,30 @@ class PipelineAtTheCall(_Wrapper):
         return instance.original_enqueue_call(*args, **kwargs)
 
 
-class Target:  # a plain class: a NamedTuple or a dataclass costs a fraction of a millisecond at rq's import
-    """One method that we wrap: where it is, the parameters we expect, the defects it has, and
-    the decision table for a call (``table_with_dependencies`` for a job with dependencies,
-    where that differs). ``owner`` "" is the module itself (a module-level function, wrapped under
-    the name its callers look up). A target with no defects fixes a neighbour of RQ, not RQ: it
-    is wrapped whenever it is found. ``wrapper(target, patched)`` makes the wrapt wrapper.
-
-    ``late``: its module is imported by its own package, never by us (rq.group cannot be imported
-    while rq/__init__ is still running, when rq.queue's hook fires; django_rq is not ours to
-    load). ``check``: why the owner cannot be wrapped, beyond its shape. ``refuse``: see
-    ``by_state``."""
-
-    __slots__ = (
-        "check", "defects", "late", "module", "more_parameters_ok", "name", "owner", "parameters",
-        "refuse", "table", "table_with_dependencies", "wrapper",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        module: str,
-        owner: str,
-        name: str,
-        parameters: tuple[str, ...],
-        defects: tuple[str, ...],
-        table: dict[str, Decision] | None = None,
-        table_with_dependencies: dict[str, Decision] | None = None,
-        more_parameters_ok: bool = False,  # later RQ releases add trailing options we pass through
-        wrapper: Callable[[Target, frozenset[str]], Any] = by_state,
-        late: bool = False,
-        check: Callable[[Any], str | None] | None = None,
-        refuse: Refusal | None = None,
-    ) -> None:
-        self.module, self.owner, self.name = module, owner, name
-        self.parameters, self.defects = parameters, defects
-        self.table, self.table_with_dependencies = table, table_with_dependencies
-        self.more_parameters_ok, self.wrapper, self.late = more_parameters_ok, wrapper, late
-        self.check, self.refuse = check, refuse
-
-    @property
-    def label(self) -> str:
-        return f"{self.owner or self.module}.{self.name}"
-
-    def __repr__(self) -> str:
-        return f"Target({self.module}:{self.label})"
+# How each target (targets.py) is guarded, by its label. On the per-enqueue paths: by the state
+# of the caller's pipeline, through the decision tables above (and a refusal of pipelines RQ
+# would half-write through); elsewhere, by one fix for every state.
+BY_STATE: dict[str, tuple[dict[str, Decision], dict[str, Decision] | None, Refusal | None]] = {
+    "Queue.setup_dependencies": (WITHOUT_DEPENDENCIES, WITH_DEPENDENCIES, None),
+    "Dependency.get_jobs_with_met_dependencies": (MET_DEPENDENCIES, None, None),
+    "Queue.enqueue_many": (ENQUEUE_MANY_WRITES, None, _refuse_client_for_dependent_jobs),
+    "Queue.schedule_job": (SCHEDULE_JOB_WRITES, None, _refuse_foreign_pipeline_for_scheduled_entry),
+    "Queue.enqueue_job": (ENQUEUE_JOB_WRITES, None, None),
+}
+ONE_FIX: dict[str, type[_Wrapper]] = {
+    "ScheduledJobRegistry.schedule": ScheduleThroughPipeline,
+    "Group.enqueue_many": GroupInTransaction,
+    "rq.queue.save_unique_job": UniqueInTransaction,
+    "rq.queue.schedule_unique_job": UniqueInTransaction,
+    "Queue.run_sync": SyncOutcomeLast,
+    "Queue.run_job": SyncOutcomeLast,  # steps aside under run_sync
+    "DjangoRQ.enqueue_call": PipelineAtTheCall,
+}
 
 
-SETUP_DEPENDENCIES = Target(
-    "rq.queue",
-    "Queue",
-    "setup_dependencies",
-    ("self", "job", "pipeline"),
-    ("D1", "D2", "D3"),
-    table=WITHOUT_DEPENDENCIES,
-    table_with_dependencies=WITH_DEPENDENCIES,
-)
-GET_JOBS_WITH_MET_DEPENDENCIES = Target(
-    "rq.dependency",  # only in releases whose enqueue_many takes depends_on (1.15 on)
-    "Dependency",
-    "get_jobs_with_met_dependencies",
-    ("cls", "jobs", "pipeline"),
-    ("D4", "D5"),
-    table=MET_DEPENDENCIES,
-)
-ENQUEUE_MANY = Target(
-    "rq.queue",
-    "Queue",
-    "enqueue_many",
-    ("self", "job_datas", "pipeline"),
-    ("D6",),
-    table=ENQUEUE_MANY_WRITES,
-    more_parameters_ok=True,
-    refuse=_refuse_client_for_dependent_jobs,
-)
-SCHEDULE_JOB = Target(
-    "rq.queue",
-    "Queue",
-    "schedule_job",
-    ("self", "job", "datetime", "pipeline"),
-    ("D7", "D8"),  # D8: a pipeline the scheduled entry cannot be moved into is refused here
-    table=SCHEDULE_JOB_WRITES,
-    more_parameters_ok=True,
-    refuse=_refuse_foreign_pipeline_for_scheduled_entry,
-)
-ENQUEUE_JOB = Target(
-    "rq.queue",  # wrapped only where D12 is found (RQ < 1.14): it is on every enqueue's path
-    "Queue",
-    "enqueue_job",
-    ("self", "job", "pipeline"),
-    ("D12",),
-    table=ENQUEUE_JOB_WRITES,
-    more_parameters_ok=True,
-)
-REGISTRY_SCHEDULE = Target(
-    "rq.registry",
-    "ScheduledJobRegistry",
-    "schedule",
-    ("self", "job", "scheduled_datetime", "pipeline"),
-    ("D8",),
-    more_parameters_ok=True,
-    wrapper=ScheduleThroughPipeline,  # one fix for every pipeline state: no table
-)
-GROUP_ENQUEUE_MANY = Target(
-    "rq.group",  # RQ 2.0 on
-    "Group",
-    "enqueue_many",
-    ("self", "queue", "job_datas", "pipeline"),
-    ("D9",),
-    more_parameters_ok=True,
-    wrapper=GroupInTransaction,
-    late=True,
-    check=lambda group: None if callable(getattr(group, "_add_jobs", None)) else "Group has no _add_jobs",
-)
-
-
-def _unique_script_helper(name: str, parameters: tuple[str, ...]) -> Target:
-    """A Lua helper behind unique=True, by the name rq.queue imported from rq.scripts (RQ 2.8 on)
-    and calls: wrapping it there costs nothing to enqueues without unique=."""
-    return Target(
-        "rq.queue",
-        "",
-        name,
-        parameters,
-        ("D10",),
-        more_parameters_ok=True,
-        wrapper=UniqueInTransaction,
-        check=lambda module: callers_without_pipeline(name),
-    )
-
-
-SAVE_UNIQUE_JOB = _unique_script_helper("save_unique_job", ("connection", "queue_key", "job"))
-SCHEDULE_UNIQUE_JOB = _unique_script_helper(
-    "schedule_unique_job", ("connection", "queue_key", "registry_key", "job")
-)
-RUN_SYNC = Target(
-    "rq.queue",  # RQ 1.13 on
-    "Queue",
-    "run_sync",
-    ("self", "job"),
-    ("D11",),
-    wrapper=SyncOutcomeLast,
-    check=lambda queue: callers_without_pipeline("run_sync"),
-)
-RUN_JOB = Target(
-    "rq.queue",
-    "Queue",
-    "run_job",
-    ("self", "job"),
-    ("D11",),
-    wrapper=SyncOutcomeLast,  # steps aside under run_sync
-    check=lambda queue: callers_without_pipeline("run_job", but=("run_sync",)),
-)
-
-
-def _undeferred_enqueue_missing(django_rq_class: Any) -> str | None:
-    """What PipelineAtTheCall needs from django-rq: the enqueue it calls instead, undeferred."""
-    if callable(getattr(django_rq_class, "original_enqueue_call", None)):
-        return None
-    return "DjangoRQ has no original_enqueue_call"
-
-
-DJANGO_RQ_ENQUEUE_CALL = Target(
-    "django_rq.queues",
-    "DjangoRQ",
-    "enqueue_call",
-    ("self", "args", "kwargs"),
-    (),  # django-rq's commit modes, not an RQ defect: wrapped whenever django-rq is imported
-    wrapper=PipelineAtTheCall,
-    late=True,
-    check=_undeferred_enqueue_missing,
-)
-TARGETS = (
-    SETUP_DEPENDENCIES,
-    GET_JOBS_WITH_MET_DEPENDENCIES,
-    ENQUEUE_MANY,
-    SCHEDULE_JOB,
-    ENQUEUE_JOB,
-    REGISTRY_SCHEDULE,
-    GROUP_ENQUEUE_MANY,
-    SAVE_UNIQUE_JOB,
-    SCHEDULE_UNIQUE_JOB,
-    RUN_SYNC,
-    RUN_JOB,
-    DJANGO_RQ_ENQUEUE_CALL,
-)
+def guard_for(target: Target, patched: frozenset[str]) -> Any:
+    """The wrapt wrapper that guards ``target`` for the ``patched`` defects."""
+    fix = ONE_FIX.get(target.label)
+    if fix is not None:
+        return fix(target, patched)
+    return by_state(target, patched, *BY_STATE[target.label])

@@ -61,9 +61,19 @@ class _Installed:
         self.target = target
         self.owner = owner
         self.wrapper = wrapper
-        self.guard = wrapper._self_wrapper
         self.patched = patched
         self.by = by  # "": this copy; else where the other copy of rq-pipeline-fix lives
+
+    @property
+    def guard(self) -> Any:
+        """The guard itself: made now if it still waits for its first use (guard.py loads)."""
+        return self.wrapper._self_wrapper
+
+    def is_on(self) -> bool:
+        """Its switch is on. A guard not made yet is: nothing can switch it off unmade."""
+        if type(self.wrapper) is _WrappedAtFirstUse and not self.wrapper.guard_made():
+            return True
+        return bool(self.guard.enabled)
 
     @classmethod
     def put_on(cls, target: Any, chain: Any, patched: frozenset[str]) -> _Installed:
@@ -71,13 +81,14 @@ class _Installed:
         theirs still sees every call (neighbours.py); on top of what is there only where RQ's own
         is out of reach. Where it sits alone in its class (or module), as at rq's import in
         nearly every process, it goes on as a ``_WrappedAtFirstUse``."""
-        guard = target.wrapper(target, patched)
+        make_guard = _guard_maker(target, patched)
         if chain.original is not None and not chain.layers and chain.slot.settable:
-            wrapper: Any = _WrappedAtFirstUse(chain.raw_original, guard, chain.owner, target.name)
+            wrapper: Any = _WrappedAtFirstUse(chain.raw_original, make_guard, chain.owner, target.name)
             chain.slot.put(wrapper, chain.owner)
             return cls(target, chain.owner, wrapper, patched)
         import wrapt
 
+        guard = make_guard()
         if chain.original is not None and chain.slot.settable:
             wrapper = wrapt.FunctionWrapper(chain.raw_original, guard)
             chain.slot.put(wrapper, chain.owner)
@@ -102,7 +113,7 @@ class _Installed:
                 f"{self.target.label}: the guard is no longer there, someone else replaced or "
                 f"unwrapped it (now: {describe(now)}); apply() puts it back"
             )
-        if not self.guard.enabled:
+        if not self.is_on():
             return f"{self.target.label}: the guard was switched off by another copy of rq-pipeline-fix"
         return None
 
@@ -129,16 +140,36 @@ class _Installed:
 _swap_lock = threading.Lock()  # held for a few instructions: a fork waits for them, as for _lock
 
 
+def _guard_maker(target: Any, patched: frozenset[str]) -> Callable[[], Any]:
+    """What makes ``target``'s guard: at its first use, where it goes on as a stand-in (guard.py
+    is loaded then, not at rq's import)."""
+
+    def make_guard() -> Any:
+        from .guard import guard_for
+
+        guard = guard_for(target, patched)
+        guard.confirm, guard.decided = _confirm, _is_decided
+        return guard
+
+    return make_guard
+
+
+# What the guards import at their first use (of each path): a fork in the middle of another
+# thread's import of one would leave the child that module's import lock, held by a thread it
+# does not have. (The probes import under our lock, which a fork waits for too.)
+_FIRST_USE_IMPORTS = ("wrapt", *(f"{__package__}.{module}" for module in ("guard", "deps", "unique")))
+
+
 def _before_fork() -> None:
-    """A fork in the middle of another thread's first use would leave the child wrapt's import
-    lock, held by a thread it does not have: its own first use would wait for ever. Importing
-    wrapt here waits for that import to end (or makes it, once, for every child to come: a
-    worker's work horses then inherit it)."""
+    """Importing what a first use imports here waits for another thread's import of it to end
+    (or makes it, once, for every child to come: a worker's work horses then inherit it), so that
+    the child's own first use cannot wait for ever on a lock no thread of its holds."""
     from .importhook import is_initialised  # loaded with the package: no import here
 
-    if _installed and not is_initialised("wrapt"):
-        with contextlib.suppress(Exception):
-            import wrapt  # noqa: F401  (half-imported by another thread: waits for its end)
+    for module in _FIRST_USE_IMPORTS if _installed else ():
+        if not is_initialised(module):
+            with contextlib.suppress(Exception):
+                importlib.import_module(module)  # half-imported by another thread: waits for its end
     _swap_lock.acquire()
 
 
@@ -159,32 +190,55 @@ class _WrappedAtFirstUse:
     the wrapt wrapper that took its place. Another library that wrapped this before the first
     use (taking it from the class's ``__dict__``) keeps it: each call then passes through here."""
 
-    __slots__ = ("__wrapped__", "_name", "_owner", "_self_failed", "_self_successor", "_self_wrapper")
+    __slots__ = ("__wrapped__", "_guard", "_make_guard", "_name", "_owner", "_self_failed", "_self_successor")
 
-    def __init__(self, original: Any, guard: Any, owner: Any, name: str) -> None:
-        self.__wrapped__, self._self_wrapper = original, guard
+    def __init__(self, original: Any, make_guard: Callable[[], Any], owner: Any, name: str) -> None:
+        self.__wrapped__, self._make_guard, self._guard = original, make_guard, None
         self._owner, self._name = owner, name
         self._self_successor: Any = None
         self._self_failed = ""  # why the wrapt wrapper could not be made: RQ's own is back
+
+    @property
+    def _self_wrapper(self) -> Any:
+        """The guard, made at the first use, or when a report, revert() or another copy of the
+        package asks for it first."""
+        if self._guard is None:
+            made = self._make_guard()  # outside our lock: it imports guard.py
+            with _swap_lock:
+                if self._guard is None:  # another thread's, made meanwhile, stays
+                    self._guard = made
+        return self._guard
+
+    def guard_made(self) -> bool:
+        return self._guard is not None
 
     def _successor(self) -> Any:
         wrapper = self._self_successor
         if wrapper is not None:
             return wrapper
-        try:
-            import wrapt  # outside our lock: an import takes locks of its own
+        try:  # outside our lock: an import takes locks of its own
+            import wrapt
         except Exception as exc:  # there at install (_require), broken since: RQ's own, and why
-            self._self_wrapper.enabled = False
-            self._self_failed = f"wrapt could not be imported at the guard's first use: {exc!r}"
-            with _swap_lock:
-                self._step_aside_for(self.__wrapped__)
-            say_once(f"guards taken off at their first use, RQ's own methods left: {self._self_failed}")
-            return self.__wrapped__
+            return self._fail(f"wrapt could not be imported at the guard's first use: {exc!r}")
+        try:
+            guard = self._self_wrapper
+        except Exception as exc:  # guard.py broken since rq's import (a partial upgrade, say)
+            return self._fail(f"the guard could not be made at its first use: {exc!r}")
         with _swap_lock:
             if self._self_successor is None:
-                self._self_successor = wrapt.FunctionWrapper(self.__wrapped__, self._self_wrapper)
+                self._self_successor = wrapt.FunctionWrapper(self.__wrapped__, guard)
                 self._step_aside_for(self._self_successor)
             return self._self_successor
+
+    def _fail(self, why: str) -> Any:
+        """RQ's own method back where this stood, and why, said once."""
+        if self._guard is not None:
+            self._guard.enabled = False
+        self._self_failed = why
+        with _swap_lock:
+            self._step_aside_for(self.__wrapped__)
+        say_once(f"guards taken off at their first use, RQ's own methods left: {why}")
+        return self.__wrapped__
 
     def _step_aside_for(self, replacement: Any) -> None:
         """Put ``replacement`` where this stands, if it still does (not taken off, nor wrapped
@@ -301,7 +355,7 @@ def _import_targets() -> str | None:
     try:
         import rq.queue  # noqa: F401
 
-        from .guard import TARGETS  # imports redis-py
+        from .targets import TARGETS
     except Exception as exc:
         return f"rq cannot be imported ({exc!r})"
     for module in {target.module for target in TARGETS if not target.late} - _absent:
@@ -525,7 +579,7 @@ def _install(firing: str | None) -> bool:
     yet. Returns False where rq.queue itself is still being imported by another thread."""
     global _findings, _probed, _bound, _wanted
     from .detect import NOT_IMPORTED_YET, detect, is_pending
-    from .guard import SETUP_DEPENDENCIES, TARGETS
+    from .targets import SETUP_DEPENDENCIES, TARGETS
 
     if not _ready(SETUP_DEPENDENCIES.module, firing) or _rq_import_under_way(firing):
         return False
@@ -608,10 +662,7 @@ def _put_on(usable: dict[Any, Any]) -> None:
                     f"put on {target.label} does not fix {'them' if ',' in missing else 'it'}"
                 )
         elif patched or not target.defects:
-            installed = _Installed.put_on(target, chain, patched)
-            installed.guard.confirm = _confirm
-            installed.guard.decided = _is_decided
-            _installed.append(installed)
+            _installed.append(_Installed.put_on(target, chain, patched))
     guarded = {installed.target for installed in _installed}
     _unguarded = [
         line for line in _unguarded if not any(line.startswith(f"{target.label}: ") for target in usable)
@@ -740,7 +791,7 @@ def _guard_what_the_table_missed() -> None:
     missed = {f.defect.id for f in _findings if f.probe} - guarded
     if not missed:
         return
-    from .guard import TARGETS
+    from .targets import TARGETS
 
     usable = {}
     for target in TARGETS:
@@ -792,7 +843,7 @@ def _install_late(module: Any) -> bool:
         return False
     try:
         from .detect import DEFECTS, detect, is_pending
-        from .guard import SETUP_DEPENDENCIES, TARGETS
+        from .targets import SETUP_DEPENDENCIES, TARGETS
 
         if (
             _busy
@@ -899,7 +950,7 @@ def status() -> Status:
     try:
         return _status()
     except Exception as exc:  # e.g. a dependency missing from a broken install
-        active = any(installed.guard.enabled for installed in _installed)
+        active = any(installed.is_on() for installed in _installed)
         note = f"{_note}; the report could not be built: {exc!r}"
         return Status(_version("rq"), _version("redis"), active, note, (), ())
 
@@ -948,7 +999,10 @@ def _status() -> Status:
 def _stepped_in() -> dict[str, int]:
     """Calls the guards answered themselves, by defect: counted by the guard module of the copy
     of the package that put each guard on (another copy's, where ours adopted its guard)."""
-    names = {f"{__package__}.guard", *(installed.guard.__module__ for installed in _installed)}
+    names = {
+        f"{__package__}.guard",
+        *(installed.guard.__module__ for installed in _installed if installed.by),
+    }
     total: dict[str, int] = {}
     for name in names:  # a module not imported: none of its guards has run
         for defect, count in getattr(sys.modules.get(name), "STEPPED_IN", {}).items():

@@ -28,8 +28,8 @@ from rq.job import Job, JobStatus
 
 import rq_pipeline_fix
 from rq_pipeline_fix import patcher
-from rq_pipeline_fix.guard import TARGETS
 from rq_pipeline_fix.neighbours import chain_of, describe, guard_of
+from rq_pipeline_fix.targets import TARGETS
 from tests.conftest import child_environment
 from tests.jobs import record
 

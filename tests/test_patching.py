@@ -167,13 +167,26 @@ def test_import_after_rq_patches_at_once() -> None:
     assert result.stdout.split() == ["_WrappedAtFirstUse"], result.stderr
 
 
-def test_wrapt_is_imported_at_the_first_use_of_a_guarded_method_not_at_rqs_import() -> None:
+def test_wrapt_and_the_guards_are_loaded_at_the_first_use_of_a_guarded_method_not_at_rqs_import() -> None:
+    loaded = "[m in sys.modules for m in ('wrapt', 'rq_pipeline_fix.guard', 'rq_pipeline_fix.probes')]"
     result = run_python(
-        "import sys, rq, rq_pipeline_fix; from rq.queue import Queue; print('wrapt' in sys.modules);"
+        f"import sys, rq, rq_pipeline_fix; from rq.queue import Queue; print({loaded});"
         "Queue.setup_dependencies;"
-        "print('wrapt' in sys.modules, type(Queue.__dict__['setup_dependencies']).__name__)"
+        f"print({loaded}, type(Queue.__dict__['setup_dependencies']).__name__)"
     )
-    assert result.stdout.split() == ["False", "True", "FunctionWrapper"], result.stderr
+    assert result.stdout.splitlines() == [
+        "[False, False, False]",
+        "[True, True, False] FunctionWrapper",  # a probe runs at the first step-in that needs it
+    ], result.stderr
+
+
+def test_every_target_has_a_guard() -> None:
+    from rq_pipeline_fix.guard import guard_for
+    from rq_pipeline_fix.targets import TARGETS
+
+    for target in TARGETS:
+        guard = guard_for(target, frozenset(target.defects))
+        assert guard.rq_pipeline_fix_guard is True and guard.target is target, target
 
 
 def test_a_method_of_a_shape_we_cannot_guard_is_undecided_not_absent() -> None:
@@ -355,6 +368,34 @@ def test_wrapt_broken_at_the_first_use_leaves_rqs_own_method_and_says_why() -> N
     shown = run_python(WRAPT_BROKEN_AFTER_THE_GUARD_WENT_ON)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines() == ["function True", "1"]
+
+
+GUARD_MODULE_BROKEN_AFTER_THE_GUARD_WENT_ON = """
+import sys, warnings
+import redis, rq, rq_pipeline_fix
+from rq import Queue
+sys.modules["rq_pipeline_fix.guard"] = None  # loaded at the first use: unimportable by then
+# (a partial upgrade, say): every enqueue works, as RQ's own, and both the warning and the
+# report say why
+connection = redis.Redis.from_url({url!r})
+connection.delete("rq:queue:guard-broken")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    with connection.pipeline() as pipe:
+        Queue("guard-broken", connection=connection).enqueue("os.getpid", pipeline=pipe)
+        pipe.execute()
+print(type(Queue.__dict__["setup_dependencies"]).__name__, connection.llen("rq:queue:guard-broken"))
+print(sum("the guard could not be made at its first use" in str(w.message) for w in caught))
+report = rq_pipeline_fix.status()
+print("the report could not be built: ModuleNotFoundError('import of rq_pipeline_fix.guard" in report.note)
+print(sorted({{"D1", "D2", "D3"}} & {{d.id for d in report.defects if d.patched}}))
+"""
+
+
+def test_guard_module_broken_at_the_first_use_leaves_rqs_own_method_and_says_why(redis_url: str) -> None:
+    shown = run_python(GUARD_MODULE_BROKEN_AFTER_THE_GUARD_WENT_ON.format(url=redis_url))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == ["function 1", "1", "True", "[]"]
 
 
 def test_status_and_apply_never_raise_even_when_the_report_cannot_be_built() -> None:
