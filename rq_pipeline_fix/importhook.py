@@ -127,11 +127,20 @@ class _Finder:
         self.running: set[int] = set()  # threads inside a callback or our own find_spec
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        # Asked at every import of the process, for as long as a callback waits (rq.queue's, for
+        # reloads, always): one pass over the waits, and poll() only when it has work to do.
         if get_ident() in self.running:
             return None
-        if any(not wait.done for wait in self.waits):
+        waits = []
+        turned_up = False
+        for wait in self.waits:
+            if wait.name == fullname:
+                waits.append(wait)
+            if not wait.done and wait.name in sys.modules:
+                turned_up = True
+        if turned_up:  # its callbacks may finish (and leave): ``waits`` as they are after them
             poll()
-        waits = [wait for wait in self.waits if wait.name == fullname]
+            waits = [wait for wait in self.waits if wait.name == fullname]
         if not waits:
             return None
         self.running.add(get_ident())
