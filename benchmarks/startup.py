@@ -194,6 +194,24 @@ def ratios_only(runs: int) -> dict[str, Any]:
     return result
 
 
+# Issue 16's target, on its own: only its two commands, back to back (AB BA BA AB), so that a
+# round costs two processes, not five, and a run of a given length has 2.5 times the rounds.
+TARGET = ("import rq; import rq_pipeline_fix", "import rq")
+
+
+def target_ratio(runs: int) -> dict[str, Any]:
+    """Wall-clock and CPU ratios of ``TARGET`` over ``runs`` alternating rounds."""
+    _warm_up()
+    slower, baseline = TARGET
+    samples = alternate({name: partial(_timed, COMMANDS[name]) for name in TARGET}, runs)
+    return {
+        f"{clock}_ratio": _with_interval(
+            ratios([s[index] for s in samples[slower]], [s[index] for s in samples[baseline]])
+        )
+        for index, clock in enumerate(("wall", "cpu"))
+    }
+
+
 def _with_interval(values: list[float]) -> dict[str, Any]:
     """``summary`` and the 95% confidence interval of the median (``ci95``)."""
     return {**summary(values), "ci95": median_interval(values)}
@@ -202,8 +220,12 @@ def _with_interval(values: list[float]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.startup [RUNS]``: the instruction counts (callgrind) and the
     wall-clock and CPU ratios over RUNS alternating rounds (default 60), medians of per-round
-    ratios; without writing any results file."""
-    runs = int((argv if argv is not None else sys.argv[1:] or ["60"])[0])
+    ratios; without writing any results file. ``python -m benchmarks.startup --target RUNS``:
+    the ratios of issue 16's target alone (``TARGET``), over RUNS rounds of its two commands."""
+    args = argv if argv is not None else sys.argv[1:]
+    if args[:1] == ["--target"]:
+        return _print_target(int((args[1:] or ["500"])[0]))
+    runs = int((args or ["60"])[0])
     _warm_up()
     counted = instructions()
     for name, delta in counted.get("delta_instructions", {}).items():
@@ -217,6 +239,18 @@ def main(argv: list[str] | None = None) -> int:
             spread = f"median's 95% CI {low:.3f}..{high:.3f}; q1..q3 {stats['q1']:.3f}..{stats['q3']:.3f}"
             print(f"{clock:4s} ratio    {name:55s} {stats['median']:8.3f} x  ({spread}, n={stats['n']})")
     print(f"median wall ms: {json.dumps({k: round(v, 1) for k, v in timed['wall_ms'].items()})}")
+    return 0
+
+
+def _print_target(runs: int) -> int:
+    measured = target_ratio(runs)
+    for clock in ("wall", "cpu"):
+        stats = measured[f"{clock}_ratio"]
+        low, high = stats["ci95"] or (float("nan"), float("nan"))
+        print(
+            f"{clock:4s} ratio    {TARGET[0]} / {TARGET[1]}  {stats['median']:.3f} x  (median's 95% CI "
+            f"{low:.3f}..{high:.3f}; q1..q3 {stats['q1']:.3f}..{stats['q3']:.3f}, n={stats['n']})"
+        )
     return 0
 
 
