@@ -425,10 +425,13 @@ user.join()
 """
 
 
-# (Not deps: after its import the other thread goes on into RQ code that imports at each call
-# (datetime.strptime, in rq.utils.utcparse), and a fork at that instant leaves the child that
-# import's lock: a hazard of RQ's and Python's, not ours.)
-@pytest.mark.parametrize("held", ["wrapt", "rq_pipeline_fix.guard", "rq_pipeline_fix.probes"])
+# The fork waits for that import (the fork hook imports the module too), and then for our lock,
+# which the other thread needs next (its first step-in probes under it), so it forks while that
+# thread waits. Not the probes' import, nor deps': that thread holds our lock across the first
+# and never needs it after the second, so it runs on into RQ code that imports as it goes
+# (socket.getaddrinfo's encodings.idna, datetime.strptime), and a fork at that instant leaves the
+# child that import's lock whatever we do: a hazard of RQ's and Python's, not ours.
+@pytest.mark.parametrize("held", ["wrapt", "rq_pipeline_fix.guard"])
 def test_fork_during_another_threads_first_use_leaves_the_child_a_working_guard(
     connection: redis.Redis, redis_url: str, held: str
 ) -> None:
