@@ -156,6 +156,9 @@ def _ask_rq(path: str, status: str | None, allow_failure: bool) -> bool:
     try:
         return _run_rq_check(path, status, allow_failure)
     except Exception as exc:  # a shape of RQ we cannot drive: the documented rule, and say so
+        from .detect import reraise_job_timeout
+
+        reraise_job_timeout(exc)  # the job's, and nothing is remembered: asked again next time
         answer = status == JobStatus.FINISHED.value or (allow_failure and status == JobStatus.FAILED.value)
         if status is None:
             answer = path == ENQUEUE_MANY  # dependencies_are_met skips a parent without status

@@ -243,7 +243,7 @@ def _probe_all(
 
             kit = ProbeKit(originals, rq_own)
         except Exception as exc:
-            _reraise_if_not_ours(exc)
+            reraise_job_timeout(exc)
             kit_error = f"the probe could not set up: {exc!r}"
     return [
         _finding(defect, kit, kit_error, originals, rq_version, awaited.get(defect.method), later[defect.id])
@@ -279,13 +279,14 @@ def _finding(
 
         return Finding(defect, PROBES[defect.id](kit), rq_version)
     except Exception as exc:
-        _reraise_if_not_ours(exc)
+        reraise_job_timeout(exc)
         return Finding(defect, None, rq_version, f"the probe failed: {exc!r}")
 
 
-def _reraise_if_not_ours(exc: Exception) -> None:
-    """A job's timeout (RQ raises it from SIGALRM wherever the job is, here inside a probe run at
-    the job's first enqueue) belongs to the job: it goes on up, and the defect stays unprobed."""
+def reraise_job_timeout(exc: Exception) -> None:
+    """A job's timeout (RQ raises it from SIGALRM wherever the job is: inside a probe, a guard's
+    first use or a dependency check run at the job's enqueue) belongs to the job: it goes on up,
+    and what it interrupted is tried again at the next call."""
     timeouts = sys.modules.get("rq.timeouts")
     if timeouts is not None and isinstance(exc, getattr(timeouts, "BaseTimeoutException", ())):
         raise exc

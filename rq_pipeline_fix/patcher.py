@@ -69,6 +69,14 @@ class _Installed:
         """The guard itself: made now if it still waits for its first use (guard.py loads)."""
         return self.wrapper._self_wrapper
 
+    def switch_off(self) -> None:
+        """Its switch off: made first if it still waits for its first use (one that cannot be
+        made has put RQ's own back already)."""
+        wrapper = self.wrapper
+        guard = wrapper.made_guard() if type(wrapper) is _WrappedAtFirstUse else wrapper._self_wrapper
+        if guard is not None:
+            guard.enabled = False
+
     def is_on(self) -> bool:
         """Its switch is on. A guard not made yet is: nothing can switch it off unmade."""
         if type(self.wrapper) is _WrappedAtFirstUse and not self.wrapper.guard_made():
@@ -122,7 +130,7 @@ class _Installed:
         it off where it cannot be taken out. Returns what the caller should be told then."""
         from .neighbours import describe
 
-        self.guard.enabled = False
+        self.switch_off()
         with _swap_lock:  # a first use does not put the wrapt wrapper back while we take it off
             layer = self.chain().find(self.wrapper)
             if layer is None:
@@ -201,9 +209,23 @@ class _WrappedAtFirstUse:
     @property
     def _self_wrapper(self) -> Any:
         """The guard, made at the first use, or when a report, revert() or another copy of the
-        package asks for it first."""
+        package asks for it first. None can be made: no guard of ours any more, RQ's own is back."""
+        guard = self.made_guard()
+        if guard is None:
+            raise AttributeError("_self_wrapper")
+        return guard
+
+    def made_guard(self) -> Any:
+        """The guard, made now if it is not yet; None where it cannot be made (RQ's own is back)."""
         if self._guard is None:
-            made = self._make_guard()  # outside our lock: it imports guard.py
+            try:
+                made = self._make_guard()  # outside our lock: it imports guard.py
+            except Exception as exc:  # guard.py broken since rq's import (a partial upgrade, say)
+                from .detect import reraise_job_timeout
+
+                reraise_job_timeout(exc)  # the job's: the next lookup tries again
+                self._fail(f"the guard could not be made at its first use: {exc!r}")
+                return None
             with _swap_lock:
                 if self._guard is None:  # another thread's, made meanwhile, stays
                     self._guard = made
@@ -219,11 +241,13 @@ class _WrappedAtFirstUse:
         try:  # outside our lock: an import takes locks of its own
             import wrapt
         except Exception as exc:  # there at install (_require), broken since: RQ's own, and why
+            from .detect import reraise_job_timeout
+
+            reraise_job_timeout(exc)  # the job's: the next lookup tries again
             return self._fail(f"wrapt could not be imported at the guard's first use: {exc!r}")
-        try:
-            guard = self._self_wrapper
-        except Exception as exc:  # guard.py broken since rq's import (a partial upgrade, say)
-            return self._fail(f"the guard could not be made at its first use: {exc!r}")
+        guard = self.made_guard()
+        if guard is None:
+            return self.__wrapped__
         with _swap_lock:
             if self._self_successor is None:
                 self._self_successor = wrapt.FunctionWrapper(self.__wrapped__, guard)
@@ -231,14 +255,23 @@ class _WrappedAtFirstUse:
             return self._self_successor
 
     def _fail(self, why: str) -> Any:
-        """RQ's own method back where this stood, and why, said once."""
+        """RQ's own method back where this stood, and where every other guard of ours still waits
+        for its first use (theirs would fail alike), and why, said once."""
+        for installed in list(_installed):
+            if type(installed.wrapper) is _WrappedAtFirstUse:
+                installed.wrapper._step_aside(why)
+        self._step_aside(why)
+        say_once(f"guards taken off at their first use, RQ's own methods left: {why}")
+        return self.__wrapped__
+
+    def _step_aside(self, why: str) -> None:
+        if self._self_successor is not None or self._self_failed:
+            return  # in use already, or already aside
         if self._guard is not None:
             self._guard.enabled = False
         self._self_failed = why
         with _swap_lock:
             self._step_aside_for(self.__wrapped__)
-        say_once(f"guards taken off at their first use, RQ's own methods left: {why}")
-        return self.__wrapped__
 
     def _step_aside_for(self, replacement: Any) -> None:
         """Put ``replacement`` where this stands, if it still does (not taken off, nor wrapped
@@ -585,7 +618,7 @@ def _install(firing: str | None) -> bool:
         return False
 
     for stale in [installed for installed, chain in _chains() if installed.problem(chain)]:
-        stale.guard.enabled = False  # gone, or switched off by another copy: a new one goes on below
+        stale.switch_off()  # gone, or switched off by another copy: a new one goes on below
         _installed.remove(stale)
     # Never imported from here (we may be inside rq's import, another thread inside another's):
     # a target whose module is not imported yet, or half-way, is guarded when its import is over.
@@ -736,9 +769,9 @@ def _confirm(defect_id: str) -> bool:
             _settle({defect_id})
             return _decided.get(defect_id, _unless_ruled_out(defect_id))
     except Exception as exc:
-        timeouts = sys.modules.get("rq.timeouts")
-        if timeouts is not None and isinstance(exc, getattr(timeouts, "BaseTimeoutException", ())):
-            raise  # the job's timeout struck during the probe: the job's, and the defect stays open
+        from .detect import reraise_job_timeout
+
+        reraise_job_timeout(exc)  # struck during the probe: the job's, and the defect stays open
         with contextlib.suppress(Exception):
             say_once(f"{defect_id} not patched: the probe at its first use failed: {exc!r}")
         _decided[defect_id] = False

@@ -253,6 +253,41 @@ pipe.execute()
     assert shown["deferred"] == ["child2"] and shown["stepped_in"] == {"D3": 1}
 
 
+def test_a_jobs_timeout_striking_during_rqs_dependency_check_reaches_the_job(redis_url: str) -> None:
+    """The same for the guard's question to RQ's own dependency check (deps._ask_rq), asked at a
+    dependent's enqueue into a batch: the timeout is the job's, and no answer is remembered."""
+    strikes_once = (
+        "from rq.timeouts import JobTimeoutException\n"
+        "import rq_pipeline_fix.deps as deps\n"
+        "real_check = deps._run_rq_check\n"
+        "def strikes(*args):\n"
+        "    if not extra_state:\n"
+        "        extra_state.append(1)\n"
+        "        raise JobTimeoutException('Task exceeded maximum timeout value (1 seconds)')\n"
+        "    return real_check(*args)\n"
+        "extra_state = []\n"
+        "deps._run_rq_check = strikes"
+    )
+    batch = """
+pipe = connection.pipeline()
+pipe.incr("x")
+queue.enqueue_call("os.getpid", job_id="{parent}", pipeline=pipe)
+queue.enqueue_call("os.getpid", job_id="{child}", depends_on="{parent}", pipeline=pipe)
+pipe.execute()
+"""
+    code = f"""
+try:
+{chr(10).join("    " + line for line in batch.format(parent="p1", child="c1").strip().splitlines())}
+except JobTimeoutException as exc:
+    extra = [repr(exc), connection.get("x")]
+{batch.format(parent="p2", child="c2")}
+"""
+    shown = run_child(redis_url, code, before_rq=strikes_once)
+    assert shown["extra"] is not None and "JobTimeoutException" in shown["extra"][0]  # not swallowed
+    assert shown["extra"][1] is None  # and nothing of that batch was written
+    assert shown["outcome"] is None and shown["queued"] == ["p2"] and shown["deferred"] == ["c2"]
+
+
 def test_a_first_use_while_rq_is_being_imported_elsewhere_is_not_remembered(redis_url: str) -> None:
     """The probe cannot run while another thread imports an rq module: that call steps in unless
     the version table rules the defect out, and the next call probes."""
