@@ -78,9 +78,10 @@ class _Installed:
             guard.enabled = False
 
     def is_on(self) -> bool:
-        """Its switch is on. A guard not made yet is: nothing can switch it off unmade."""
+        """Its switch is on. A guard not made yet is, unless it stepped aside for RQ's own:
+        nothing can switch it off unmade."""
         if type(self.wrapper) is _WrappedAtFirstUse and not self.wrapper.guard_made():
-            return True
+            return not self.wrapper._self_failed
         return bool(self.guard.enabled)
 
     @classmethod
