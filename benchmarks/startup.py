@@ -179,17 +179,19 @@ def measure(runs: int) -> dict[str, Any]:
     }
 
 
-def ratios_only(runs: int) -> dict[str, Any]:
-    """Wall-clock and CPU ratios of whole processes (``DELTAS``), ``runs`` alternating rounds."""
+def ratios_only(runs: int, deltas: tuple[tuple[str, str], ...] = DELTAS) -> dict[str, Any]:
+    """Wall-clock and CPU ratios of whole processes (``deltas``), ``runs`` alternating rounds of
+    the commands they name."""
     _warm_up()
-    samples = alternate({name: partial(_timed, code) for name, code in COMMANDS.items()}, runs)
+    names = dict.fromkeys(name for pair in deltas for name in pair)
+    samples = alternate({name: partial(_timed, COMMANDS[name]) for name in names}, runs)
     result: dict[str, Any] = {"runs": runs}
     for index, clock in enumerate(("wall", "cpu")):
         ms = {name: [sample[index] for sample in values] for name, values in samples.items()}
         result[f"{clock}_ms"] = {name: summary(values)["median"] for name, values in ms.items()}
         result[f"{clock}_ratio"] = {
             f"{slower} / {baseline}": _with_interval(ratios(ms[slower], ms[baseline]))
-            for slower, baseline in DELTAS
+            for slower, baseline in deltas
         }
     return result
 
@@ -197,19 +199,6 @@ def ratios_only(runs: int) -> dict[str, Any]:
 # Issue 16's target, on its own: only its two commands, back to back (AB BA BA AB), so that a
 # round costs two processes, not five, and a run of a given length has 2.5 times the rounds.
 TARGET = ("import rq; import rq_pipeline_fix", "import rq")
-
-
-def target_ratio(runs: int) -> dict[str, Any]:
-    """Wall-clock and CPU ratios of ``TARGET`` over ``runs`` alternating rounds."""
-    _warm_up()
-    slower, baseline = TARGET
-    samples = alternate({name: partial(_timed, COMMANDS[name]) for name in TARGET}, runs)
-    return {
-        f"{clock}_ratio": _with_interval(
-            ratios([s[index] for s in samples[slower]], [s[index] for s in samples[baseline]])
-        )
-        for index, clock in enumerate(("wall", "cpu"))
-    }
 
 
 def _with_interval(values: list[float]) -> dict[str, Any]:
@@ -224,33 +213,21 @@ def main(argv: list[str] | None = None) -> int:
     the ratios of issue 16's target alone (``TARGET``), over RUNS rounds of its two commands."""
     args = argv if argv is not None else sys.argv[1:]
     if args[:1] == ["--target"]:
-        return _print_target(int((args[1:] or ["500"])[0]))
-    runs = int((args or ["60"])[0])
-    _warm_up()
-    counted = instructions()
-    for name, delta in counted.get("delta_instructions", {}).items():
-        print(f"instructions  {name:55s} {delta / 1e6:8.2f} M")
-    if "skipped" in counted:
-        print(f"instructions skipped: {counted['skipped']}")
-    timed = ratios_only(runs)
+        timed = ratios_only(int((args[1:] or ["500"])[0]), (TARGET,))
+    else:
+        _warm_up()
+        counted = instructions()
+        for name, delta in counted.get("delta_instructions", {}).items():
+            print(f"instructions  {name:55s} {delta / 1e6:8.2f} M")
+        if "skipped" in counted:
+            print(f"instructions skipped: {counted['skipped']}")
+        timed = ratios_only(int((args or ["60"])[0]))
     for clock in ("wall", "cpu"):
         for name, stats in timed[f"{clock}_ratio"].items():
             low, high = stats["ci95"] or (float("nan"), float("nan"))
             spread = f"median's 95% CI {low:.3f}..{high:.3f}; q1..q3 {stats['q1']:.3f}..{stats['q3']:.3f}"
             print(f"{clock:4s} ratio    {name:55s} {stats['median']:8.3f} x  ({spread}, n={stats['n']})")
     print(f"median wall ms: {json.dumps({k: round(v, 1) for k, v in timed['wall_ms'].items()})}")
-    return 0
-
-
-def _print_target(runs: int) -> int:
-    measured = target_ratio(runs)
-    for clock in ("wall", "cpu"):
-        stats = measured[f"{clock}_ratio"]
-        low, high = stats["ci95"] or (float("nan"), float("nan"))
-        print(
-            f"{clock:4s} ratio    {TARGET[0]} / {TARGET[1]}  {stats['median']:.3f} x  (median's 95% CI "
-            f"{low:.3f}..{high:.3f}; q1..q3 {stats['q1']:.3f}..{stats['q3']:.3f}, n={stats['n']})"
-        )
     return 0
 
 
